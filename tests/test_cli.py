@@ -1,0 +1,136 @@
+"""The real CLI, in-process, end to end: every recipe in conf/ shrunk to a tiny model on local data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+import yaml
+
+from xlab.cli import main
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+RECIPES = sorted(p.name for p in CONF.glob("*.yaml"))
+
+
+def tiny(tmp_path: Path, sources: list[dict], steps: int = 4) -> list[str]:
+    """Overrides that shrink any XLabModel recipe to seconds on a CPU."""
+    return [
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+        "--trainer.precision", "32-true", "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "2",
+        "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--model.init_args.n_layer", "1", "--model.init_args.n_head", "2", "--model.init_args.n_embd", "32",
+        "--model.init_args.max_len", "16", "--model.init_args.compile", "false",
+        "--data.init_args.sources", json.dumps(sources), "--data.init_args.vocab_size", "400",
+        "--data.init_args.cache_dir", str(tmp_path / "cache"), "--data.init_args.batch_size", "4",
+        "--data.init_args.num_workers", "0", "--data.init_args.max_documents", "null",
+    ]
+
+
+def local_wikitext(tmp_path: Path, corpus_dir: Path) -> Path:
+    rows = []
+    for i, file in enumerate(sorted(corpus_dir.glob("*.txt"))):
+        rows += [f" = Article {i} = \n", *[line + "\n" for line in file.read_text().splitlines()]]
+    path = tmp_path / "wikitext-local"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": rows})}).save_to_disk(str(path))
+    return path
+
+
+def sources_for(recipe: str, tmp_path: Path, corpus_dir: Path) -> list[dict]:
+    """The recipe's own source kind, pointed at local data the test writes."""
+    source = yaml.safe_load((CONF / recipe).read_text())["data"]["init_args"]["sources"][0]
+    if source["kind"] == "huggingface":
+        group = source.get("group", "row")
+        return [{**source, "name": None, "path": str(local_wikitext(tmp_path, corpus_dir)), "split": "train",
+                 "group": "wikitext_articles", "id_field": None} if group == "wikitext_articles" else
+                {"kind": "huggingface", "path": str(local_wikitext(tmp_path, corpus_dir)), "split": "train"}]
+    return [{"kind": "text_folder", "path": str(corpus_dir)}]
+
+
+def last_checkpoint(tmp_path: Path) -> Path:
+    found = sorted((tmp_path / "runs").rglob("last.ckpt"))
+    assert found, "fit wrote no last.ckpt"
+    return found[-1]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_end_to_end(recipe, tmp_path, corpus_dir, capsys):
+    args = ["-c", str(CONF / recipe), *tiny(tmp_path, sources_for(recipe, tmp_path, corpus_dir))]
+    cli = main(["fit", *args])
+    assert cli.trainer.global_step == 4
+    ckpt = last_checkpoint(tmp_path)
+    assert (ckpt.parent.parent / "config.yaml").exists()
+    assert list(ckpt.parent.parent.glob("events.out.tfevents.*")), "no TensorBoard events"
+    out = capsys.readouterr().out
+    assert "xlab: checkpoints in" in out and "unigram baseline" in out
+
+    for stage in ("validate", "test"):
+        cli = main([stage, *args, "--ckpt_path", str(ckpt)])
+        prefix = "val" if stage == "validate" else "test"
+        metrics = cli.trainer.callback_metrics
+        for name in ("loss", "accuracy", "perplexity", "bpb"):
+            assert torch.isfinite(metrics[f"{prefix}/{name}"])
+        assert torch.allclose(metrics[f"{prefix}/perplexity"], metrics[f"{prefix}/loss"].exp(), rtol=1e-4)
+
+    output = tmp_path / "scores.jsonl"
+    main(["predict", *args, "--ckpt_path", str(ckpt), "--predictions.output_path", str(output)])
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert rows and all(row["tokens"] > 0 and row["loss"] > 0 for row in rows)
+    assert len(rows) == len(cli.datamodule.document_ids("predict"))
+
+
+def test_validate_from_checkpoint_alone_matches_fit(tmp_path, corpus_dir):
+    args = tiny(tmp_path, [{"kind": "text_folder", "path": str(corpus_dir)}], steps=4)
+    fit = main(["fit", "-c", str(CONF / "defaults.yaml"), *args, "--trainer.limit_val_batches", "1.0"])
+    fit_loss = fit.trainer.callback_metrics["val/loss"]
+    # No -c: the model and the data settings come from the checkpoint.
+    again = main(["validate", "--ckpt_path", str(last_checkpoint(tmp_path)), "--trainer.enable_progress_bar", "false",
+                  "--trainer.callbacks", "[]", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    assert again.model.hparams.n_embd == 32
+    torch.testing.assert_close(again.trainer.callback_metrics["val/loss"], fit_loss)
+
+
+def test_resume_continues_from_the_saved_step(tmp_path, corpus_dir):
+    args = ["-c", str(CONF / "defaults.yaml"), *tiny(tmp_path, [{"kind": "text_folder", "path": str(corpus_dir)}])]
+    first = main(["fit", *args, "--trainer.max_steps", "5", "--trainer.val_check_interval", "2"])
+    ckpt = last_checkpoint(tmp_path)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["global_step"] == 5  # the last step, although validation last ran at step 4
+    assert saved["XLabDataModule"]["tokenizer_model"] == first.datamodule.tokenizer.to_bytes()
+    resumed = main(["fit", *args, "--trainer.max_steps", "8", "--ckpt_path", str(ckpt)])
+    assert resumed.trainer.global_step == 8
+    assert resumed.trainer.lr_scheduler_configs[0].scheduler.last_epoch == 8
+
+
+def test_defaults_used_without_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["class_path"] == "xlab.models.XLabModel"
+    assert config["data"]["init_args"]["sources"] == [{"kind": "embedded"}]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "--model.init_args.n_layerz", "2"], "n_layerz"),
+    (["fit", "--model.init_args.n_layer", "two"], "n_layer"),
+    (["validate", "--ckpt_path", "/no/such.ckpt"], "does not exist"),
+])
+def test_bad_arguments_are_short_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit):
+        main(["validate", "--ckpt_path", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: checkpoint") and "damaged" in err and len(err.splitlines()) == 1

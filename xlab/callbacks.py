@@ -1,0 +1,95 @@
+"""Callbacks the CLI always installs: step-exact last checkpoints, a run summary, predictions."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+
+
+class XLabCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose `last.ckpt` is always the final step of training.
+
+    Lightning writes `last` only when a checkpoint is triggered (and once at train end if none
+    was): steps after the last validation would be lost on resume.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
+
+
+class RunSummary(L.Callback):
+    """Says where a run's checkpoints and TensorBoard logs are, and how it compares to a baseline."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.dirpath:
+            best = Path(checkpoint.best_model_path).name if checkpoint.best_model_path else "-"
+            last = checkpoint.last_model_path or "-"
+            print(f"xlab: checkpoints in {checkpoint.dirpath} (best {best}, last {Path(last).name})")
+        if trainer.logger is not None and trainer.logger.log_dir:
+            print(f"xlab: TensorBoard logs in {trainer.logger.log_dir} (tensorboard --logdir {Path(trainer.logger.log_dir).parent})")
+        val_loss = trainer.callback_metrics.get("val/loss")
+        unigram = _unigram_loss(trainer)
+        if val_loss is not None:
+            baseline = f" (unigram baseline {unigram:.3f})" if unigram is not None else ""
+            print(f"xlab: val/loss {float(val_loss):.3f}{baseline}, val/perplexity {math.exp(float(val_loss)):.1f}")
+
+
+def _unigram_loss(trainer: L.Trainer) -> float | None:
+    datamodule = trainer.datamodule
+    try:
+        return datamodule.meta.get("unigram_loss") if datamodule is not None else None
+    except (AttributeError, OSError):
+        return None
+
+
+class DocumentScoreWriter(BasePredictionWriter):
+    """Writes the predict split's per-document log-likelihood as JSON lines.
+
+    Windows of one document may be scored on different ranks, so sums are kept per document in
+    fixed-size tensors and added up across ranks before rank 0 writes the file.
+    """
+
+    def __init__(self, output_path: str | None = None):
+        super().__init__(write_interval="batch")
+        self.output_path = output_path
+        self.sums: torch.Tensor | None = None
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.ids = trainer.datamodule.document_ids("predict")
+        self.sums = torch.zeros(len(self.ids), 3, dtype=torch.float64)  # nll, tokens, bytes
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch, batch_idx,
+                           dataloader_idx=0) -> None:
+        values = torch.stack([prediction["nll_sum"].double(), prediction["tokens"].double(),
+                              prediction["num_bytes"].double()], dim=1)
+        self.sums.index_add_(0, prediction["doc_index"], values)
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sums = self.sums.to(pl_module.device)
+        if trainer.world_size > 1:
+            sums = pl_module.all_gather(sums).sum(0)
+        if not trainer.is_global_zero:
+            return
+        path = Path(self.output_path or Path(trainer.log_dir or ".") / "predictions.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as out:
+            for doc_id, (nll, tokens, num_bytes) in zip(self.ids, sums.cpu().tolist()):
+                loss = nll / max(tokens, 1)
+                out.write(json.dumps({"document": doc_id, "tokens": int(tokens), "nll": round(nll, 4),
+                                      "loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3),
+                                      "bpb": round(nll / math.log(2) / max(num_bytes, 1), 4)}) + "\n")
+        os.replace(tmp, path)
+        print(f"xlab: per-document scores of {len(self.ids)} predict documents in {path}")

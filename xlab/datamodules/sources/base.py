@@ -1,0 +1,55 @@
+"""What every source yields, and how a YAML source entry becomes a source object."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+from xlab.errors import XLabError
+
+
+class Document(NamedTuple):
+    """One unit of the split: `id` must be stable across runs, since the split hashes it."""
+
+    id: str
+    text: str
+
+
+class Source:
+    """A re-iterable collection of documents; `kind` is its name in YAML."""
+
+    kind: str = ""
+
+    def __iter__(self) -> Iterator[Document]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that changes the documents, so a changed source means a new cache."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Source]] = {}
+
+
+def register(cls: type[Source]) -> type[Source]:
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def build_source(spec: dict[str, Any]) -> Source:
+    """Turn `{"kind": "text_folder", "path": ..., ...}` into a source, checking every key."""
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise XLabError(f"data source {spec!r} needs a 'kind': one of {', '.join(sorted(_REGISTRY))}.")
+    kind = spec["kind"]
+    if kind not in _REGISTRY:
+        raise XLabError(f"unknown data source kind {kind!r}: use one of {', '.join(sorted(_REGISTRY))}.")
+    cls = _REGISTRY[kind]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(spec) - {"kind", *accepted})
+    if unknown:
+        raise XLabError(f"data source {kind!r} has no setting {', '.join(unknown)}: it accepts {', '.join(accepted)}.")
+    try:
+        return cls(**{k: v for k, v in spec.items() if k != "kind"})
+    except TypeError as e:
+        raise XLabError(f"data source {kind!r}: {e}") from None

@@ -1,0 +1,122 @@
+"""What every XLab language model shares: the step, the metrics, the optimizer recipe, predict.
+
+Subclasses build their network in `__init__` (after `save_hyperparameters()`) and implement
+`forward(input_ids, ...) -> logits`; batches are dicts from the data module's datasets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xlab.datamodules.datasets import IGNORE_INDEX
+from xlab.models.metrics import LanguageModelMetrics
+
+STAGES = ("train", "val", "test")
+
+
+class LanguageModel(L.LightningModule):
+    """Base class: next-token loss, corpus-level metrics per split, AdamW with warmup + cosine."""
+
+    def __init__(self):
+        super().__init__()
+        # Keys carry a suffix: a ModuleDict key "train" would shadow nn.Module.train().
+        self.metrics = nn.ModuleDict({f"{stage}_metrics": LanguageModelMetrics() for stage in STAGES})
+
+    # --- steps ------------------------------------------------------------------------------
+    def loss_and_stats(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        logits = self(batch["input_ids"])
+        labels = batch["labels"]
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        valid = labels != IGNORE_INDEX
+        tokens = valid.sum()
+        correct = ((logits.argmax(-1) == labels) & valid).sum()
+        return nll / tokens.clamp(min=1), {"nll_sum": nll, "tokens": tokens, "correct": correct,
+                                          "num_bytes": batch["num_bytes"].sum()}
+
+    def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        loss, stats = self.loss_and_stats(batch)
+        self.metrics[f"{stage}_metrics"].update(**stats)
+        if stage == "train":
+            self.log("train/loss_step", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._common_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._common_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._common_step(batch, "test")
+
+    def _log_epoch(self, stage: str) -> None:
+        metrics = self.metrics[f"{stage}_metrics"]
+        values = metrics.compute()  # synced across ranks by torchmetrics
+        self.log_dict({f"{stage}/{name}": value for name, value in values.items()},
+                      prog_bar=stage != "train", sync_dist=False, rank_zero_only=False)
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._log_epoch("val")
+        self.metrics["val_metrics"].reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Per-window sums for the predict split; a writer callback joins them per document."""
+        logits = self(batch["input_ids"])
+        labels = batch["labels"]
+        nll = F.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        return {"doc_index": batch["doc_index"].cpu(), "nll_sum": nll.sum(1).cpu(),
+                "tokens": (labels != IGNORE_INDEX).sum(1).cpu(), "num_bytes": batch["num_bytes"].cpu()}
+
+    # --- optimisation -----------------------------------------------------------------------
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """Decay matrices only: norms, biases and embeddings keep their scale (GPT-2 / nanoGPT)."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        decay, no_decay = [], []
+        for param in self.parameters():
+            if not param.requires_grad:
+                continue
+            (decay if param.dim() >= 2 and id(param) not in embeddings else no_decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(self.parameter_groups(hp.weight_decay), lr=hp.learning_rate,
+                                      betas=tuple(hp.betas), fused=fused)
+        total = hp.lr_decay_steps or self.trainer.estimated_stepping_batches
+        schedule = warmup_cosine(hp.warmup_steps, int(total), hp.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        params = {id(p): p for p in self.parameters()}
+        if exclude_embeddings:
+            for m in self.modules():
+                if isinstance(m, nn.Embedding):
+                    params.pop(id(m.weight), None)
+        return sum(p.numel() for p in params.values())
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    """Linear warmup to 1, then cosine decay to `min_ratio` at `total_steps`, flat after."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

@@ -1,0 +1,145 @@
+"""XLabModel: a configurable decoder-only transformer language model.
+
+GPT-2 is one point in its space (learned positions, LayerNorm, pre-norm, GELU, tied head, biases);
+Llama-like models are another (rotary, RMSNorm, SwiGLU, no biases). Every switch is a typed
+constructor argument, so YAML, `--help` and `save_hyperparameters()` all see it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from xlab.errors import XLabError
+from xlab.models.blocks import Activation, Block, KVCache, NormKind, Rotary, attention_mask, make_norm, sinusoidal_table
+from xlab.models.lm import LanguageModel
+
+
+class XLabModel(LanguageModel):
+    """Decoder-only transformer.
+
+    Args:
+        vocab_size: Tokens in the vocabulary (linked from the data module).
+        sos_id, eos_id, pad_id: Special token ids (linked from the data module).
+        max_len: Context length in tokens (linked into the data module's block size).
+        n_layer, n_head, n_embd: Depth, attention heads, width.
+        ffn_dim: Hidden width of the MLP; default 4 * n_embd (GELU) or ~8/3 * n_embd (SwiGLU).
+        dropout: Dropout on attention weights, residual branches and embeddings.
+        positions: learned (GPT-2), sinusoidal (original Transformer) or rotary (RoPE).
+        rope_base: Base of the rotary frequencies.
+        norm: layernorm or rmsnorm; norm_position: pre (GPT-2) or post (original Transformer).
+        activation: gelu or swiglu.
+        bias: Biases in linear layers and LayerNorm.
+        tie_weights: Share the token embedding with the output head.
+        learning_rate, weight_decay, betas: AdamW; no decay on norms, biases and embeddings.
+        warmup_steps, min_lr_ratio, lr_decay_steps: Linear warmup, then cosine down to
+            min_lr_ratio * learning_rate at lr_decay_steps (default: the run's total steps).
+        compile: Run the forward pass through torch.compile.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 4096,
+        sos_id: int = 2,
+        eos_id: int = 3,
+        pad_id: int = 0,
+        max_len: int = 256,
+        n_layer: int = 4,
+        n_head: int = 4,
+        n_embd: int = 256,
+        ffn_dim: int | None = None,
+        dropout: float = 0.0,
+        positions: Literal["learned", "sinusoidal", "rotary"] = "learned",
+        rope_base: float = 10000.0,
+        norm: NormKind = "layernorm",
+        norm_position: Literal["pre", "post"] = "pre",
+        activation: Activation = "gelu",
+        bias: bool = True,
+        tie_weights: bool = True,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        lr_decay_steps: int | None = None,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if n_embd % n_head:
+            raise XLabError(f"model n_embd={n_embd} is not divisible by n_head={n_head}: change one of them.")
+        if positions == "rotary" and (n_embd // n_head) % 2:
+            raise XLabError(f"rotary positions need an even head size; n_embd/n_head={n_embd // n_head}.")
+        if ffn_dim is None:
+            ffn_dim = 4 * n_embd if activation == "gelu" else 64 * math.ceil(8 * n_embd / 3 / 64)
+        rotary = Rotary(n_embd // n_head, max_len, rope_base) if positions == "rotary" else None
+
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(vocab_size, n_embd),
+            drop=nn.Dropout(dropout),
+            h=nn.ModuleList(Block(n_embd, n_head, ffn_dim, dropout, bias, norm, norm_position, activation, rotary)
+                            for _ in range(n_layer)),
+            # Post-norm blocks end in a norm already; pre-norm needs one before the head.
+            ln_f=make_norm(norm, n_embd, bias) if norm_position == "pre" else nn.Identity(),
+        ))
+        if positions == "learned":
+            self.transformer["wpe"] = nn.Embedding(max_len, n_embd)
+        elif positions == "sinusoidal":
+            self.register_buffer("sinusoids", sinusoidal_table(max_len, n_embd), persistent=False)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        if tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale residual projections by 1/sqrt(2 * n_layer) so the residual stream's
+        # variance does not grow with depth.
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile:
+            self.forward = torch.compile(self.forward)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for incremental decoding of `batch_size` sequences."""
+        hp = self.hparams
+        return KVCache(hp.n_layer, batch_size, hp.n_head, max_len or hp.max_len, hp.n_embd // hp.n_head,
+                       device=self.device, dtype=dtype or self.lm_head.weight.dtype)
+
+    def forward(self, input_ids: Tensor, cache: KVCache | None = None, positions: Tensor | None = None,
+                padding_mask: Tensor | None = None) -> Tensor:
+        """Logits (B, T, vocab) for `input_ids` (B, T).
+
+        With a `cache`, the tokens continue what the cache holds: their keys are appended and
+        they attend to every cached position. `positions` (B, T) overrides the default
+        positions past..past+T-1 (for left-padded prompts); `padding_mask` (B, past + T) is
+        True at real tokens and False at pads, which no query attends to.
+        """
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if positions is None:
+            positions = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+        if past + T > self.hparams.max_len or int(positions.max()) >= self.hparams.max_len:
+            raise ValueError(f"sequence of {past + T} tokens exceeds the model's max_len={self.hparams.max_len}")
+        x = self.transformer.wte(input_ids)  # (B, T, C)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(positions)
+        elif self.hparams.positions == "sinusoidal":
+            x = x + self.sinusoids[positions]
+        x = self.transformer.drop(x)
+        mask = attention_mask(T, past, padding_mask, input_ids.device)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, positions, mask, cache, layer)
+        if cache is not None:
+            cache.advance(T)
+        return self.lm_head(self.transformer.ln_f(x))
