@@ -118,13 +118,24 @@ def test_defaults_used_without_config(capsys):
     (["fit", "--model.init_args.n_layerz", "2"], "n_layerz"),
     (["fit", "--model.init_args.n_layer", "two"], "n_layer"),
     (["validate", "--ckpt_path", "/no/such.ckpt"], "does not exist"),
+    (["fit", "-c", "/no/such.yaml"], "does not exist"),
+    (["fit", "--data.init_args.sources", "[{kind: text_folder, path: /no/such/folder}]"], "does not exist"),
 ])
 def test_bad_arguments_are_short_errors(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(args)
     assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("error:") and len(err.splitlines()) == 1
+
+
+def test_unknown_key_in_a_config_file_is_named(tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text((CONF / "defaults.yaml").read_text().replace("n_layer: 4", "n_layers: 4"))
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", str(config)])
+    err = capsys.readouterr().err.strip()
+    assert "n_layers" in err and len(err.splitlines()) == 1
 
 
 def test_corrupt_checkpoint_is_a_one_line_error(tmp_path, capsys):

@@ -18,6 +18,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from xlab.callbacks import DocumentScoreWriter, RunSummary, XLabCheckpoint
+from xlab.cli_errors import XLabArgumentParser
 from xlab.datamodules import XLabDataModule
 from xlab.errors import XLabError, exit_with
 from xlab.models import LanguageModel
@@ -74,6 +75,7 @@ def main(args: list[str] | None = None) -> XLabCLI | None:
             subclass_mode_data=True,
             args=args,
             auto_configure_optimizers=False,
+            parser_class=XLabArgumentParser,
             trainer_defaults={"callbacks": [RunSummary()]},
             parser_kwargs={name: defaults for name in SUBCOMMANDS},
             save_config_kwargs={"overwrite": True},
