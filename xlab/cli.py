@@ -9,7 +9,9 @@ data settings come from the checkpoint itself, so evaluating a run needs nothing
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,12 @@ from xlab.cli_errors import XLabArgumentParser
 from xlab.datamodules import XLabDataModule
 from xlab.errors import XLabError, exit_with
 from xlab.models import LanguageModel
+
+# Lightning's own noise, not the user's concern: an advert, a deprecation inside Lightning, and a
+# note that validating a checkpoint from another run folder does not restore its top-k list.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "defaults.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
