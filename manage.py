@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Manage XLab checkpoints and exports.
+
+Usage:
+    ./manage.py export-checkpoint CKPT [-o OUT] [--force]
+    ./manage.py inspect CKPT_OR_EXPORT [--json]
+    ./manage.py import-hf HF_DIR [-o OUT] [--tokenizer SPM_MODEL] [--force]
+    ./manage.py COMMAND --help
+
+An export is a folder of safetensors weights, config.json, generation.json and the tokenizer:
+a fraction of a training checkpoint's size, and loadable without unpickling anything.
+
+Adding a command: write one function `def name(args) -> int` under `@subcommand(name, help,
+arg(...), ...)`; it is listed, parsed and run like the others. Import heavy modules inside the
+function, so that `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from xlab.errors import XLabError, exit_with
+
+
+@dataclass
+class Subcommand:
+    name: str
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    arguments: tuple[tuple[tuple[str, ...], dict[str, Any]], ...]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def arg(*flags: str, **options: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """One `add_argument` call, written down for `subcommand`."""
+    return flags, options
+
+
+def subcommand(name: str, help: str, *arguments: tuple[tuple[str, ...], dict[str, Any]]):
+    """Register the decorated function as the command `name`."""
+
+    def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        if name in SUBCOMMANDS:
+            raise ValueError(f"two commands are named {name!r}")
+        SUBCOMMANDS[name] = Subcommand(name, run, help, arguments)
+        return run
+
+    return register
+
+
+# --- commands ------------------------------------------------------------------------------------
+@subcommand(
+    "export-checkpoint",
+    "write a Lightning checkpoint as an export folder (weights, config, tokenizer, generation defaults)",
+    arg("checkpoint", metavar="CKPT", help="a .ckpt written by training"),
+    arg("-o", "--out", metavar="OUT", help="export folder (default: <ckpt stem>-export beside the checkpoint)"),
+    arg("--force", action="store_true", help="replace OUT if it exists and is not empty"),
+)
+def export_checkpoint(args: argparse.Namespace) -> int:
+    from xlab.export import describe, export_checkpoint_
+
+    out = export_checkpoint_(args.checkpoint, args.out, force=args.force)
+    before, after = describe(args.checkpoint)["file_bytes"], describe(out)["file_bytes"]
+    print(f"exported {args.checkpoint} -> {out} ({_megabytes(after)}; checkpoint {_megabytes(before)})")
+    return 0
+
+
+@subcommand(
+    "inspect",
+    "show model kind, parameter count, step, validation loss, tokenizer size and settings",
+    arg("path", metavar="CKPT_OR_EXPORT", help="a .ckpt file or an export folder"),
+    arg("--json", action="store_true", help="print one JSON object instead of text"),
+)
+def inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from xlab.export import describe
+
+    facts = describe(args.path)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    print(format_facts(facts))
+    return 0
+
+
+@subcommand(
+    "import-hf",
+    "convert a local transformers GPT-2 folder (save_pretrained) into an XLab export",
+    arg("path", metavar="HF_DIR", help="folder with config.json and the weights of a GPT2LMHeadModel"),
+    arg("-o", "--out", metavar="OUT", help="export folder (default: <HF_DIR>-xlab beside it)"),
+    arg("--tokenizer", metavar="SPM_MODEL",
+        help="a sentencepiece tokenizer.model to use instead of the folder's own GPT-2 tokenizer files"),
+    arg("--force", action="store_true", help="replace OUT if it exists and is not empty"),
+)
+def import_hf(args: argparse.Namespace) -> int:
+    from xlab.hf_gpt2 import import_hf_
+
+    out = import_hf_(args.path, args.out, tokenizer=args.tokenizer, force=args.force)
+    print(f"imported {args.path} -> {out}")
+    return 0
+
+
+# --- output --------------------------------------------------------------------------------------
+def format_facts(facts: dict[str, Any]) -> str:
+    lines = [
+        f"{facts['format']}: {facts['path']}",
+        f"model: {facts['model']}",
+        f"parameters: {facts['parameters']:,}",
+        f"step: {_or_unknown(facts.get('global_step'))}   epoch: {_or_unknown(facts.get('epoch'))}",
+        f"validation: {_validation(facts)}",
+        f"tokenizer: {_or_unknown(facts.get('tokenizer_size'))} tokens"
+        + (f" ({facts['tokenizer_kind']})" if facts.get("tokenizer_kind") else ""),
+        f"size on disk: {_megabytes(facts['file_bytes'])}",
+        "settings:",
+        *(f"  {key}: {value}" for key, value in facts["settings"].items()),
+    ]
+    if facts.get("generation"):
+        lines += ["generation defaults:", *(f"  {k}: {v}" for k, v in facts["generation"].items())]
+    return "\n".join(lines)
+
+
+def _validation(facts: dict[str, Any]) -> str:
+    if facts.get("best_score") is None:
+        return "unknown (no monitored ModelCheckpoint state)"
+    return f"{facts['monitor']} best {facts['best_score']:.4f}, last {_or_unknown(facts.get('current_score'))}"
+
+
+def _or_unknown(value: Any) -> str:
+    if value is None:
+        return "unknown"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.2f} MB"
+
+
+# --- entry point ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="manage.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in SUBCOMMANDS.values():
+        sub = commands.add_parser(command.name, help=command.help, description=command.help)
+        for flags, options in command.arguments:
+            sub.add_argument(*flags, **options)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except XLabError as error:
+        exit_with(error)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # output piped into `head` and cut short: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

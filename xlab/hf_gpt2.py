@@ -1,0 +1,202 @@
+"""Mapping between `transformers` GPT-2 and XLabModel, plus a tokenizer adapter for imported models.
+
+XLabModel configured as GPT-2 (learned positions, pre-LayerNorm, tanh GELU, biases, tied head) has
+the same parameter names as `GPT2LMHeadModel`; only the layout of the four projection matrices
+differs: GPT-2's Conv1D stores (in, out), our nn.Linear stores (out, in).
+
+Imported GPT-2 models keep their own byte-level BPE tokenizer: an export stores the Hugging Face
+tokenizer files and `HFTokenizer` gives them the encode / decode / [] interface of our sentencepiece
+`Tokenizer`, so sampling and `infer.py` work the same on both. Retokenising GPT-2 with sentencepiece
+would silently change what every id means, so it is not offered.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from xlab.errors import XLabError
+
+if TYPE_CHECKING:
+    from xlab.models import XLabModel
+
+# Projections whose GPT-2 weights are Conv1D (in, out) and must be transposed.
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# GELU variants of transformers that are the tanh approximation XLabModel uses.
+_TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+# Files of a Hugging Face tokenizer worth carrying into an export (all JSON or plain text).
+HF_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                      "special_tokens_map.json", "added_tokens.json")
+HF_TOKENIZER_DIR = "hf_tokenizer"
+
+
+def xlab_hparams_from_gpt2(config: Any) -> dict[str, Any]:
+    """XLabModel init args equivalent to a `GPT2Config`; refuses settings XLabModel cannot express."""
+    _check_supported(config)
+    eos = config.eos_token_id if config.eos_token_id is not None else config.vocab_size - 1
+    bos = config.bos_token_id if config.bos_token_id is not None else eos
+    pad = config.pad_token_id if config.pad_token_id is not None else eos
+    return dict(
+        vocab_size=config.vocab_size, max_len=config.n_positions, sos_id=bos, eos_id=eos, pad_id=pad,
+        n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+        ffn_dim=config.n_inner or 4 * config.n_embd, dropout=0.0, positions="learned", norm="layernorm",
+        norm_position="pre", activation="gelu", bias=True, tie_weights=bool(config.tie_word_embeddings),
+    )
+
+
+def _check_supported(config: Any) -> None:
+    problems = []
+    if getattr(config, "model_type", "gpt2") != "gpt2":
+        problems.append(f"model_type={config.model_type!r} (only gpt2)")
+    if config.activation_function not in _TANH_GELU:
+        problems.append(f"activation_function={config.activation_function!r} (only the tanh GELU)")
+    if abs(config.layer_norm_epsilon - 1e-5) > 1e-12:
+        problems.append(f"layer_norm_epsilon={config.layer_norm_epsilon} (XLabModel uses 1e-5)")
+    if not getattr(config, "scale_attn_weights", True) or getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        problems.append("non-standard attention scaling")
+    if getattr(config, "add_cross_attention", False):
+        problems.append("cross-attention")
+    if problems:
+        raise XLabError(f"this GPT-2 configuration cannot be imported: {', '.join(problems)}.")
+
+
+def xlab_state_dict_from_gpt2(hf_state: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
+    """Rename nothing, transpose the Conv1D weights, drop GPT-2's non-parameter buffers."""
+    state = {}
+    for name, tensor in hf_state.items():
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # old transformers versions saved the causal mask as a buffer
+        if name == "lm_head.weight" and tied:
+            continue  # XLabModel ties it to wte itself
+        state[name] = tensor.t().contiguous() if name.endswith(_CONV1D) else tensor
+    return state
+
+
+def xlab_from_gpt2(hf_model: Any) -> XLabModel:
+    """An XLabModel with the weights of a `transformers` GPT2LMHeadModel (same logits)."""
+    from xlab.models import XLabModel
+
+    hparams = xlab_hparams_from_gpt2(hf_model.config)
+    hf_state = hf_model.state_dict()
+    tied = hparams["tie_weights"]
+    model = XLabModel(**hparams)
+    result = model.load_state_dict(xlab_state_dict_from_gpt2(hf_state, tied), strict=False)
+    missing = [k for k in result.missing_keys if not (tied and k == "lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise XLabError(f"GPT-2 weights do not map onto XLabModel: missing {missing[:4]}, "
+                        f"unexpected {result.unexpected_keys[:4]}.")
+    dtype = next(iter(hf_state.values())).dtype
+    return model.to(dtype).eval()
+
+
+def load_gpt2(path: str | Path) -> Any:
+    """A GPT2LMHeadModel from a local `save_pretrained` directory; never touches the network."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise XLabError(f"{path} is not a transformers model directory (no config.json): "
+                        "pass a folder written by save_pretrained.")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a tiny local load needs no progress bar on stderr
+    try:
+        config = GPT2Config.from_pretrained(path, local_files_only=True)
+        _check_supported(config)
+        return GPT2LMHeadModel.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
+    except XLabError:
+        raise
+    except (OSError, ValueError, RuntimeError) as e:
+        raise XLabError(f"cannot load a GPT-2 model from {path}: {str(e).splitlines()[0]}") from None
+
+
+def hf_tokenizer_files(path: str | Path) -> dict[str, bytes]:
+    """The tokenizer files of a Hugging Face model directory, keyed by their path in an export."""
+    path = Path(path)
+    files = {name: (path / name).read_bytes() for name in HF_TOKENIZER_FILES if (path / name).is_file()}
+    if "tokenizer.json" not in files and not {"vocab.json", "merges.txt"} <= files.keys():
+        return {}
+    return {f"{HF_TOKENIZER_DIR}/{name}": data for name, data in files.items()}
+
+
+class HFTokenizer:
+    """A Hugging Face GPT-2 tokenizer behind the interface of `xlab.datamodules.Tokenizer`.
+
+    GPT-2 has one special token, `<|endoftext|>`, which serves as start, end and padding.
+    """
+
+    def __init__(self, folder: str | Path):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import GPT2TokenizerFast
+
+        try:
+            self._tok = GPT2TokenizerFast.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise XLabError(f"cannot read the Hugging Face tokenizer in {folder}: {str(e).splitlines()[0]}") from None
+        self.eos_token = self._tok.eos_token or "<|endoftext|>"
+        self.sos_token = self._tok.bos_token or self.eos_token
+        self.pad_token = self._tok.pad_token or self.eos_token
+
+    def __len__(self) -> int:
+        return len(self._tok)
+
+    def __getitem__(self, piece: str) -> int:
+        index = self._tok.convert_tokens_to_ids(piece)
+        if index is None or (index == self._tok.unk_token_id and piece != self._tok.unk_token):
+            raise KeyError(f"{piece!r} is not a token of this tokenizer")
+        return index
+
+    @property
+    def sos_id(self) -> int:
+        return self[self.sos_token]
+
+    @property
+    def eos_id(self) -> int:
+        return self[self.eos_token]
+
+    @property
+    def pad_id(self) -> int:
+        return self[self.pad_token]
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        # No clean-up: it rewrites spaces before punctuation and breaks the round trip.
+        return self._tok.decode([int(i) for i in ids], clean_up_tokenization_spaces=False)
+
+
+def import_hf_(path: str | Path, out: str | Path | None = None, tokenizer: str | Path | None = None,
+               force: bool = False) -> Path:
+    """Write a local transformers GPT-2 directory as an XLab export; returns the export folder.
+
+    The tokenizer is the directory's own Hugging Face tokenizer, or the sentencepiece model given
+    as `tokenizer` (for GPT-2-shaped models trained on our tokenizer); its size must match the model.
+    """
+    from xlab.datamodules import Tokenizer
+    from xlab.export import write_export_
+
+    path = Path(path)
+    hf_model = load_gpt2(path)
+    model = xlab_from_gpt2(hf_model)
+    if tokenizer is not None:
+        spm = Tokenizer.load(tokenizer)
+        files, kind, size = {"tokenizer.model": spm.to_bytes()}, "sentencepiece", len(spm)
+    else:
+        files = hf_tokenizer_files(path)
+        if not files:
+            raise XLabError(f"{path} has no tokenizer files (tokenizer.json, or vocab.json and merges.txt): "
+                            "copy them there or pass --tokenizer with a sentencepiece model.")
+        kind, size = "huggingface", None
+    if size is not None and size > model.hparams.vocab_size:
+        raise XLabError(f"the tokenizer has {size} tokens but the model only {model.hparams.vocab_size}: "
+                        "pass the tokenizer the model was trained with.")
+    out = Path(out) if out is not None else path.parent / f"{path.name}-xlab"
+    return write_export_(out, model, tokenizer_files=files, tokenizer_kind=kind,
+                         training={"imported_from": str(path.resolve())}, force=force)
