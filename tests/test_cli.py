@@ -144,4 +144,4 @@ def test_corrupt_checkpoint_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["validate", "--ckpt_path", str(bad)])
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: checkpoint") and "damaged" in err and len(err.splitlines()) == 1
+    assert err.startswith("error:") and "not a readable PyTorch checkpoint" in err and len(err.splitlines()) == 1

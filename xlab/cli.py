@@ -95,16 +95,10 @@ def main(args: list[str] | None = None) -> XLabCLI | None:
 def check_arguments(argv: list[str]) -> None:
     """Catch a missing or unreadable checkpoint before Lightning turns it into a traceback."""
     ckpt = _value_of(argv, "--ckpt_path")
-    if ckpt is None or ckpt in ("last", "best", "hpc", "registry"):
-        return
-    if not Path(ckpt).is_file():
-        raise XLabError(f"checkpoint {ckpt} does not exist: pass a .ckpt file written by ./xlab.py fit.")
-    try:
-        checkpoint = torch.load(ckpt, weights_only=True, map_location="cpu", mmap=True)
-    except Exception as e:  # torch raises many types for a damaged file
-        raise XLabError(f"checkpoint {ckpt} cannot be read ({type(e).__name__}): it is damaged or not a Lightning checkpoint.") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise XLabError(f"{ckpt} is not a Lightning checkpoint (no state_dict): pass a .ckpt file written by ./xlab.py fit.")
+    if ckpt is not None and ckpt not in ("last", "best", "hpc", "registry"):
+        from xlab.export import read_checkpoint
+
+        read_checkpoint(ckpt)
 
 
 def _value_of(argv: list[str], flag: str) -> Any:

@@ -112,6 +112,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise XLabError(f"checkpoint {path} does not exist.")
     if path.is_dir():
         raise XLabError(f"{path} is a directory, not a checkpoint file: pass a .ckpt (or an export folder to load()).")
+    if not zipfile.is_zipfile(path):  # torch has written zip archives since 1.6: anything else is not a checkpoint
+        raise XLabError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): not a zip archive.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -91,3 +91,22 @@ def test_sequences_beyond_max_len_are_refused():
 def test_bad_shapes_are_clear_errors(kwargs):
     with pytest.raises(XLabError):
         tiny(**kwargs)
+
+
+def test_loading_a_checkpoint_of_another_model_kind_is_refused(tmp_path):
+    model = tiny()
+    path = tmp_path / "other.ckpt"
+    hparams = {**model.hparams, "_class_path": "xlab.models.LanguageModelThatDoesNotExist"}
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams}, path)
+    with pytest.raises(XLabError, match="not an XLab model"):
+        XLabModel.load_from_checkpoint(path)
+
+
+def test_load_from_checkpoint_round_trip(tmp_path):
+    model = tiny(positions="rotary")
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": "2.6.6"}, path)
+    loaded = XLabModel.load_from_checkpoint(path).eval()
+    tokens = torch.randint(0, 97, (1, 10))
+    torch.testing.assert_close(loaded(tokens), model(tokens))

@@ -80,6 +80,19 @@ class LanguageModel(L.LightningModule):
         return {"doc_index": batch["doc_index"].cpu(), "nll_sum": nll.sum(1).cpu(),
                 "tokens": (labels != IGNORE_INDEX).sum(1).cpu(), "num_bytes": batch["num_bytes"].cpu()}
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's loader, after checking the checkpoint holds this kind of model.
+
+        Without the check, an XLabModel asked to load a MemoryGPT2 checkpoint fails deep inside
+        `__init__` or `load_state_dict` with a message about keyword arguments or tensor shapes.
+        """
+        from xlab.export import model_class, read_checkpoint
+
+        hparams = read_checkpoint(checkpoint_path).get("hyper_parameters") or {}
+        model_class(hparams.get("_class_path"), expected=cls)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     # --- optimisation -----------------------------------------------------------------------
     def parameter_groups(self, weight_decay: float) -> list[dict]:
         """Decay matrices only: norms, biases and embeddings keep their scale (GPT-2 / nanoGPT)."""
