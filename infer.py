@@ -21,13 +21,12 @@ stop string, or after --limit tokens. Text is printed prompt first; the speed go
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
 from collections.abc import Callable
 
-from xlab.errors import XLabError, exit_with
+from xlab.errors import XLabError, exit_with, run_script
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,8 +251,4 @@ class StreamPrinter:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BrokenPipeError:  # output piped into `head` and cut short: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+    run_script(main)

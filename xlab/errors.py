@@ -5,7 +5,9 @@ Everything a user can get wrong (a missing file, an empty corpus, a setting out 
 that line and exit with status 2 instead of showing a traceback.
 """
 
+import os
 import sys
+from collections.abc import Callable
 
 
 class XLabError(Exception):
@@ -17,3 +19,12 @@ def exit_with(error: BaseException, code: int = 2) -> "NoReturn":  # noqa: F821
     message = " ".join(str(error).split()) or type(error).__name__
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def run_script(main: Callable[[], int | None]) -> None:
+    """Run a script's `main` and exit with its status; output cut short by a closed pipe is fine."""
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # e.g. piped into `head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from xlab.errors import XLabError
@@ -27,6 +28,16 @@ class Source:
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes the documents, so a changed source means a new cache."""
         raise NotImplementedError
+
+
+def matching_files(folder: Path, pattern: str, what: str) -> list[Path]:
+    """The files under `folder` matching `pattern`, sorted; a clear error if there are none."""
+    if not folder.is_dir():
+        raise XLabError(f"{what} {folder} does not exist: set the source's 'path' to an existing folder.")
+    found = sorted(p for p in folder.glob(pattern) if p.is_file())
+    if not found:
+        raise XLabError(f"no file under {folder} matches {pattern!r}: check the source's 'glob'.")
+    return found
 
 
 _REGISTRY: dict[str, type[Source]] = {}

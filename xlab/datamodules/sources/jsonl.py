@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from xlab.datamodules.sources.base import Document, Source, register
+from xlab.datamodules.sources.base import Document, Source, matching_files, register
 from xlab.errors import XLabError
 
 
@@ -23,12 +23,7 @@ class JsonLines(Source):
     def files(self) -> list[Path]:
         if self.path.is_file():
             return [self.path]
-        if not self.path.is_dir():
-            raise XLabError(f"JSONL path {self.path} does not exist: point the source's 'path' at a .jsonl file or a folder.")
-        found = sorted(p for p in self.path.glob(self.glob) if p.is_file())
-        if not found:
-            raise XLabError(f"no file under {self.path} matches {self.glob!r}: check the source's 'glob'.")
-        return found
+        return matching_files(self.path, self.glob, "JSONL file or folder")
 
     def __iter__(self) -> Iterator[Document]:
         for file in self.files():

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from xlab.datamodules.sources.base import Document, Source, register
+from xlab.datamodules.sources.base import Document, Source, matching_files, register
 from xlab.errors import XLabError
 
 
@@ -20,12 +20,7 @@ class TextFolder(Source):
         self.glob = glob
 
     def files(self) -> list[Path]:
-        if not self.root.is_dir():
-            raise XLabError(f"text folder {self.root} does not exist: set the source's 'path' to a folder of text files.")
-        found = sorted(p for p in self.root.glob(self.glob) if p.is_file())
-        if not found:
-            raise XLabError(f"no file under {self.root} matches {self.glob!r}: check the source's 'glob'.")
-        return found
+        return matching_files(self.root, self.glob, "text folder")
 
     def __iter__(self) -> Iterator[Document]:
         for file in self.files():
