@@ -107,6 +107,45 @@ def import_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+@subcommand(
+    "build-retrieval",
+    "build the RETRO retrieval database of a recipe's corpus (train split) ahead of training",
+    arg("-c", "--config", required=True, metavar="YAML", help="a recipe whose data is a RetroDataModule"),
+    arg("-o", "--out", metavar="DIR", help="database folder (default: under the corpus cache, where training looks)"),
+    arg("--max-len", type=int, metavar="N", help="sequence length (default: the recipe's model max_len)"),
+)
+def build_retrieval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from xlab.datamodules.retro import RetroDataModule
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise XLabError(f"config {path} does not exist.")
+    config = yaml.safe_load(path.read_text()) or {}
+    data = config.get("data") or {}
+    if not str(data.get("class_path", "")).endswith("RetroDataModule"):
+        raise XLabError(f"{path} does not use a RetroDataModule (data.class_path): nothing to retrieve from.")
+    init_args = dict(data.get("init_args") or {})
+    init_args["max_len"] = args.max_len or ((config.get("model") or {}).get("init_args") or {}).get("max_len", 256)
+    if args.out:
+        init_args["database_dir"] = args.out
+    datamodule = RetroDataModule(**init_args)
+    datamodule.setup("fit")  # builds the corpus cache and the database if missing, then opens and checks it
+    db = datamodule.database
+    sizes = db.manifest["sizes"]
+    print(f"retrieval database: {db.out_dir}")
+    print(f"  {sizes['n_chunks']:,} chunks of {db.chunk_size} tokens from {sizes['n_docs']:,} documents, "
+          f"{sizes['n_seqs']:,} training sequences of {db.seq_len} tokens")
+    print(f"  embedder {db.manifest['embedder']['spec']['kind']} (dim {sizes['dim']}), "
+          f"index {db.manifest['index']['factory']} ({sizes['index_bytes'] / 1e6:.1f} MB), k={db.k}")
+    if args.out:
+        print(f"train with it: --data.init_args.database_dir {db.out_dir}")
+    return 0
+
+
 # --- output --------------------------------------------------------------------------------------
 def format_facts(facts: dict[str, Any]) -> str:
     lines = [

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from xlab.callbacks import DocumentScoreWriter, RunSummary, XLabCheckpoint
@@ -53,6 +54,14 @@ class XLabCLI(LightningCLI):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         # ... and the model's context decides the data's block size.
         parser.link_arguments("model.init_args.max_len", "data.init_args.max_len")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        # A rich progress bar unless the run asks for none (Lightning refuses both at once) or
+        # brings its own.
+        listed = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in listed):
+            callbacks = [*callbacks, RichProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def _parse_ckpt_path(self) -> None:
         super()._parse_ckpt_path()  # the model's settings from the checkpoint

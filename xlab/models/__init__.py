@@ -1,6 +1,7 @@
 """The LightningModules: every model shares the step, metrics and optimizer recipe of `LanguageModel`."""
 
 from xlab.models.lm import LanguageModel
+from xlab.models.retro import RetroModel
 from xlab.models.xlab_model import XLabModel
 
-__all__ = ["LanguageModel", "XLabModel"]
+__all__ = ["LanguageModel", "RetroModel", "XLabModel"]

@@ -1,0 +1,137 @@
+"""RetroModel: shapes, causality of the chunked cross-attention, the database identity in the
+checkpoint, generation with retrieval (cached decoding equals full recomputation), the ablation margin."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from xlab import inference
+from xlab.datamodules.retro import RetroDataModule
+from xlab.errors import XLabError
+from xlab.models import RetroModel
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_model(**overrides) -> RetroModel:
+    torch.manual_seed(0)
+    settings = dict(vocab_size=60, max_len=16, n_layer=3, n_head=2, n_embd=32, chunk_size=4, enc_dim=16,
+                    enc_depth=2, dec_cross_attn_layers=[1, 2])
+    return RetroModel(**(settings | overrides)).eval()
+
+
+def tiny_data(corpus_dir, tmp_path, **overrides) -> RetroDataModule:
+    settings = dict(sources=[{"kind": "text_folder", "path": str(corpus_dir)}], vocab_size=400, max_len=16,
+                    chunk_size=4, k=2, batch_size=4, cache_dir=str(tmp_path / "cache"))
+    dm = RetroDataModule(**(settings | overrides))
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_shapes_and_retrieval_off():
+    model = tiny_model()
+    ids = torch.randint(4, 60, (2, 16))
+    retrieved = torch.randint(4, 60, (2, 4, 3, 8))  # any k works
+    assert model(ids, retrieved).shape == (2, 16, 60)
+    assert model(ids).shape == (2, 16, 60)  # retrieval off: a plain decoder
+    assert not torch.allclose(model(ids, retrieved), model(ids))
+    assert model(ids[:, :10], retrieved[:, :2]).shape == (2, 10, 60)  # a partial last chunk
+    with pytest.raises(XLabError, match="chunk_size"):
+        model(ids, torch.randint(4, 60, (2, 4, 2, 6)))
+    with pytest.raises(XLabError, match="must divide max_len"):
+        tiny_model(chunk_size=5)
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 2, 3])
+def test_neighbours_of_a_chunk_never_reach_earlier_tokens(chunk):
+    model = tiny_model()
+    ids = torch.randint(4, 60, (2, 16))
+    retrieved = torch.randint(4, 60, (2, 4, 2, 8))
+    base = model(ids, retrieved)
+    changed = retrieved.clone()
+    changed[:, chunk] = torch.randint(4, 60, (2, 2, 8))
+    diff = (model(ids, changed) - base).abs().amax(dim=(0, 2))  # (T,)
+    first = (chunk + 1) * 4 - 1  # the last token of the chunk: the first one that may see its neighbours
+    assert diff[:first].max() == 0
+    assert diff[first] > 1e-6 and diff[first:].max() > 1e-6
+
+
+def test_checkpoint_records_the_database_and_refuses_another(corpus_dir, tmp_path):
+    dm = tiny_data(corpus_dir, tmp_path)
+    model = tiny_model(vocab_size=dm.vocab_size).train()
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, limit_val_batches=1, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    ckpt = tmp_path / "retro.ckpt"
+    trainer.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["retro_database"] == {**dm.database.identity(), "dir": str(dm.database.out_dir)}
+
+    loaded = RetroModel.load_from_checkpoint(ckpt)
+    assert loaded.database is None
+    out = inference.sample(loaded, torch.tensor([2, 50, 60, 70, 80]), output_length=8, seed=0)
+    assert 0 < len(out) <= 8 and loaded.database is not None  # opened from the checkpoint's record
+    assert loaded.database.out_dir == dm.database.out_dir
+    loaded.set_database(dm.database)  # the training database: accepted
+    loaded.set_database(tiny_data(corpus_dir, tmp_path, k=4).database)  # only k differs: accepted
+    other = tiny_data(corpus_dir, tmp_path, embedder={"kind": "hashed", "dim": 64}).database
+    with pytest.raises(XLabError, match="differs from the one the model was trained with"):
+        loaded.set_database(other)
+    loaded.set_database(other, force=True)
+    with pytest.raises(XLabError, match="force_database"):
+        L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=1,
+                  enable_model_summary=False).validate(
+            loaded, datamodule=tiny_data(corpus_dir, tmp_path, embedder={"kind": "hashed", "dim": 64}))
+
+
+def test_generation_retrieves_at_chunk_boundaries(corpus_dir, tmp_path):
+    dm = tiny_data(corpus_dir, tmp_path)
+    model = tiny_model(vocab_size=dm.vocab_size)
+    model.set_database(dm.database)
+    ids = torch.as_tensor(np.asarray(dm.tokens["val"][:16], dtype=np.int64))[None]  # (1, 16)
+    retrieved = torch.from_numpy(dm.database.search(ids.reshape(4, 4).numpy()).astype(np.int64))[None]
+    with torch.no_grad():
+        full = model(ids, retrieved)  # no cache: the batch's neighbours
+        cache = model.new_cache(1)
+        steps = [model(ids[:, :6], cache=cache)]  # prefill, then one token at a time
+        steps += [model(ids[:, t:t + 1], cache=cache) for t in range(6, 16)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
+    assert sorted(cache.encoded) == [0, 1, 2, 3]
+
+    out = inference.sample(model, ids[0, :3], output_length=12, seed=0)
+    assert out.dim() == 1 and 0 < len(out) <= 12
+
+
+def test_ablation_margin():
+    """bench/retro_ablation.py, small: real neighbours beat random ones and a plain decoder."""
+    spec = importlib.util.spec_from_file_location("retro_ablation", ROOT / "bench" / "retro_ablation.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["retro_ablation"] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    losses = bench.run(bench.SMALL)
+    assert losses["retro_neighbours"] < losses["retro_random"] - 1.0
+    assert losses["retro_neighbours"] < losses["xlab_decoder"] - 1.0
+
+
+def test_ablations_from_the_command_line(corpus_dir, tmp_path, capsys):
+    from xlab.cli import main
+    from tests.test_cli import tiny
+
+    args = ["fit", "-c", str(ROOT / "conf" / "retro.yaml"),
+            *tiny(tmp_path, [{"kind": "text_folder", "path": str(corpus_dir)}], steps=2),
+            "--model.init_args.chunk_size", "4", "--data.init_args.chunk_size", "4"]
+    for ablation in (["--data.init_args.retrieval", "off"], ["--data.init_args.retrieval", "random"],
+                     ["--data.init_args.k", "4"]):
+        cli = main([*args, *ablation])
+        assert cli.trainer.global_step == 2 and torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+    with pytest.raises(SystemExit):
+        main([*args, "--model.init_args.chunk_size", "8"])
+    assert "chunk_size" in capsys.readouterr().err
