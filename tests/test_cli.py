@@ -60,6 +60,8 @@ def last_checkpoint(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_end_to_end(recipe, tmp_path, corpus_dir, capsys):
     args = ["-c", str(CONF / recipe), *tiny(tmp_path, sources_for(recipe, tmp_path, corpus_dir))]
+    if "chunk_size" in yaml.safe_load((CONF / recipe).read_text())["model"]["init_args"]:  # RETRO: chunks fit max_len 16
+        args += ["--model.init_args.chunk_size", "4", "--data.init_args.chunk_size", "4"]
     cli = main(["fit", *args])
     assert cli.trainer.global_step == 4
     ckpt = last_checkpoint(tmp_path)
