@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""What the memory costs: its search against raw faiss, and MemoryGPT2's training speed with the
+memory on against off.
+
+    python bench/memory.py [--entries 10000] [--dim 768] [--queries 4096] [--k 5] [--threads 1]
+                           [--n_layer 4] [--n_embd 256] [--max_len 256] [--batch_size 8] [--repeats 5]
+
+1. Search: AssociativeMemory.search against the bare faiss index it wraps (flat, then ivf), on
+   the same stored vectors and the same query batch. The memory also gathers the k vectors per
+   query and hands back torch tensors; the target is a ratio within 1.1x.
+2. Training: tokens per second of MemoryGPT2 (forward, backward, AdamW step) with use_memory on
+   and off, same shape, same batches.
+
+Runs are interleaved and the medians compared, single-threaded by default, since two threads on
+a small CPU swing up to 2x between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from xlab.memory import AssociativeMemory  # noqa: E402
+from xlab.models.memory_gpt2 import MemoryGPT2  # noqa: E402
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(runs: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each callable, running them in turn `repeats` times after a warm-up."""
+    for fn in runs.values():
+        fn()
+    seconds = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            seconds[name].append(timed(fn))
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def bench_search(args) -> None:
+    rng = np.random.default_rng(0)
+    stored = rng.standard_normal((args.entries, args.dim), dtype=np.float32)
+    queries = torch.from_numpy(rng.standard_normal((args.queries, args.dim), dtype=np.float32))
+    for index_type in ("flat", "ivf"):
+        memory = AssociativeMemory(args.entries, args.dim, index_type=index_type, num_search_results=args.k,
+                                   num_clusters=args.clusters, nprobe=args.nprobe, device="cpu")
+        memory.add(torch.from_numpy(stored))
+        raw = memory.index  # the very index the memory searches: same vectors, same training
+        q = queries.numpy()
+        times = interleaved({"memory": lambda: memory.search(queries, args.k),
+                             "faiss": lambda: raw.search(q, args.k)}, args.repeats)
+        print(f"search {index_type:4s}: {args.queries} queries x k={args.k} over {len(memory)} x {args.dim}: "
+              f"memory {1e3 * times['memory']:.1f} ms, faiss {1e3 * times['faiss']:.1f} ms, "
+              f"ratio {times['memory'] / times['faiss']:.3f}x (target <= 1.1x)")
+
+
+def bench_training(args) -> None:
+    vocab = 4096
+    settings = dict(vocab_size=vocab, max_len=args.max_len, n_layer=args.n_layer, n_head=max(1, args.n_embd // 64),
+                    n_embd=args.n_embd, memory_size=args.entries, memory_device="cpu", index_type="flat")
+    models = {on: MemoryGPT2(use_memory=on, **settings) for on in (True, False)}
+    optimizers = {on: torch.optim.AdamW(m.parameters(), lr=1e-4) for on, m in models.items()}
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randint(4, vocab, (args.batch_size, args.max_len + 1), generator=generator) for _ in range(8)]
+    position = {on: 0 for on in models}
+
+    def step(on: bool) -> None:
+        model, optimizer = models[on], optimizers[on]
+        batch = batches[position[on] % len(batches)]
+        position[on] += 1
+        logits = model(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        if model.memory_loss is not None:
+            loss = loss + model.memory_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    # Fill the memory first, so the timed steps search a realistic number of entries.
+    while len(models[True].memory.memory) < args.entries // 2:
+        step(True)
+    times = interleaved({"on": lambda: step(True), "off": lambda: step(False)}, args.repeats)
+    tokens = args.batch_size * args.max_len
+    on, off = tokens / times["on"], tokens / times["off"]
+    print(f"training {args.n_layer} layers x {args.n_embd}, {args.batch_size} x {args.max_len} tokens, "
+          f"memory of {len(models[True].memory.memory)} entries: memory on {on:,.0f} tok/s, off {off:,.0f} tok/s, "
+          f"on/off {on / off:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, default=10000)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--queries", type=int, default=4096)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--clusters", type=int, default=256)
+    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--n_layer", type=int, default=4)
+    parser.add_argument("--n_embd", type=int, default=256)
+    parser.add_argument("--max_len", type=int, default=256)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    print(f"threads: {args.threads}, faiss GPUs visible: {faiss.get_num_gpus()}")
+    bench_search(args)
+    bench_training(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""MemoryGPT2: reads, writes and decisions, the sampling protocol, checkpoints, DDP, and the
+recall task on which the memory must beat the same model without one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
+from xlab import inference
+from xlab.datamodules.sources.recall import RecallSource
+from xlab.datamodules.streams import StreamDataModule
+from xlab.errors import XLabError
+from xlab.models.memory_gpt2 import MemoryGPT2
+
+ROOT = Path(__file__).resolve().parents[2]
+VOCAB = 48
+
+
+def tiny(**settings) -> MemoryGPT2:
+    torch.manual_seed(0)
+    args = dict(vocab_size=VOCAB, max_len=16, n_layer=2, n_head=2, n_embd=32, memory_size=256, store_init=20.0,
+                memory_device="cpu")
+    return MemoryGPT2(**{**args, **settings})
+
+
+def tokens(batch: int = 2, length: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randint(4, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def size(model: MemoryGPT2) -> int:
+    return len(model.memory.memory)
+
+
+# --- reading, writing, deciding ------------------------------------------------------------------
+def test_reads_rescore_what_faiss_found_and_are_differentiable_in_the_query():
+    model = tiny()
+    ids = tokens()
+    model(ids)  # fills the memory
+    assert size(model) == ids.numel() - ids.shape[0]  # every token with a predecessor stored an entry
+    q, probes = model.access.queries(ids)
+    found = model.memory.search(probes.reshape(-1, probes.shape[-1]).detach(), 5)
+    rescored = torch.einsum("nd,nkd->nk", q.reshape(-1, q.shape[-1]), model.access.key(found.vectors))
+    torch.testing.assert_close(rescored[found.mask], found.scores[found.mask], rtol=1e-4, atol=1e-3)
+
+    logits = model(ids)  # the same tokens again: each finds what followed it
+    assert model.telemetry["hit_rate"] > 0.5 and model.telemetry["reliance"] > 0.5
+    logits.logsumexp(-1).mean().backward()
+    for name in ("query.weight", "key.weight", "value.weight", "log_sharpness", "null"):
+        grad = dict(model.access.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_store_and_delete_decisions_learn_from_the_language_model_loss_alone():
+    model = tiny(store_init=0.0, delete_init=0.0)
+    ids = tokens(batch=4)
+    model(ids)  # writes
+    model(ids)  # reads those entries: the tokens that read them vote on deleting them
+    assert model.memory.pending is not None and len(model.memory.pending) > 0
+    logits = model(ids)  # reads again, with the votes weighing what it reads
+    labels = torch.roll(ids, -1, dims=1)
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten()).backward()  # no store / keep cost
+    grads = {name: p.grad for name, p in model.access.named_parameters()}
+    for name in ("store.weight", "store.bias", "delete_state.weight", "delete_entry.weight", "delete_bias"):
+        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+
+
+def test_the_store_gate_decides_what_is_written():
+    closed = tiny(store_init=-20.0)
+    closed.eval()
+    closed(tokens())
+    assert size(closed) == 0
+    opened = tiny(store_init=20.0)
+    opened.eval()
+    opened(tokens(), previous_ids=torch.tensor([5, -1]))  # row 0's first token has a predecessor
+    assert size(opened) == 2 * 16 - 1
+
+
+def test_delete_votes_remove_what_was_read():
+    model = tiny(delete_init=20.0)
+    model.eval()
+    ids = tokens()
+    model(ids)
+    stored = size(model)
+    model(ids)  # reads the entries; the votes are acted on one pass later
+    read = model.memory.pending.ids
+    model(tokens(seed=1))
+    assert model.telemetry["delete_rate"] == 1.0
+    found = model.memory.memory.search(torch.zeros(1, model.access.memory_dim), k=1)  # non-empty memory still works
+    assert found.mask.any()
+    remaining = set(model.memory.memory.state_dict()["ids"].tolist())
+    assert not remaining & set(read.tolist()) and stored > 0
+
+
+def test_forget_documents_removes_an_ended_document():
+    model = tiny(forget_documents=True)
+    model.eval()
+    eos = model.hparams.eos_id
+    first = tokens(batch=1)
+    model(first)
+    assert size(model) == 15
+    ending = tokens(batch=1, seed=1)
+    ending[0, 5] = eos  # the document ends at position 5; a new one starts after it
+    model(ending)
+    assert size(model) == 10  # the new document's positions 6..15; everything before the eos is gone
+
+
+def test_without_memory_it_is_gpt2():
+    model = tiny(use_memory=False)
+    assert model.memory is None and model.access is None
+    config = GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=32, n_layer=2, n_head=2)
+    reference = GPT2LMHeadModel(config).eval()
+    reference.transformer.load_state_dict(model.transformer.state_dict())
+    reference.lm_head.weight = reference.transformer.wte.weight
+    ids = tokens()
+    torch.testing.assert_close(model.eval()(ids), reference(ids).logits)
+
+
+# --- sampling protocol ------------------------------------------------------------------------------
+def test_cached_decoding_matches_full_recompute():
+    model = tiny().eval()
+    model(tokens(seed=3))  # something to read
+    ids = tokens(batch=2, length=10)
+    cache = model.new_cache(2)
+    steps = [model(ids[:, :6], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(6, 10)]
+    assert cache.length == 10 and cache.max_len == 16
+    full = model(ids)  # reads the same memory: cached passes do not write unless asked
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
+    cache.reorder(torch.tensor([1, 1]))
+    assert torch.equal(cache.previous, ids[[1, 1], -1])
+    cache.reset()
+    assert cache.length == 0
+
+
+def test_sampling_reads_the_memory_and_writes_only_when_asked():
+    model = tiny().eval()
+    model(tokens(batch=4, seed=5))
+    before = model.memory_digest()
+    prompt = tokens(batch=1, length=4, seed=6)[0]
+    out = inference.sample(model, prompt, output_length=20, temperature=0)
+    assert model.memory_digest() == before and len(out) == 20
+    model.set_generation_writes(True)
+    stored = size(model)
+    inference.sample(model, prompt, output_length=20, temperature=0)  # slides past max_len=16 once
+    # One entry per token with a predecessor: 3 from the prompt, 20 generated minus the last
+    # (never fed back); the re-run of the slid window adds only its newest token.
+    assert size(model) == stored + 3 + 19
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------
+def recall_data(tmp_path: Path, batch_size: int = 4, **settings) -> StreamDataModule:
+    source = {"kind": "recall", "documents": 300, "facts": 4, "keys": 64, "values": 8, "seed": 0, **settings}
+    vocab = RecallSource(**{k: v for k, v in source.items() if k != "kind"}).tokenizer_vocab_size()
+    return StreamDataModule(sources=[source], cache_dir=str(tmp_path / "cache"), vocab_size=vocab, max_len=12,
+                            batch_size=batch_size, split_fractions=(0.8, 0.2, 0.0, 0.0))
+
+
+def trainer(tmp_path: Path, **settings) -> L.Trainer:
+    return L.Trainer(**{**dict(accelerator="cpu", devices=1, max_steps=6, logger=False, enable_checkpointing=False,
+                               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=2,
+                               default_root_dir=str(tmp_path)), **settings})
+
+
+def trained(tmp_path: Path, **settings) -> tuple[MemoryGPT2, StreamDataModule]:
+    data = recall_data(tmp_path)
+    data.prepare_data()
+    model = MemoryGPT2(vocab_size=data.vocab_size, max_len=12, n_layer=1, n_head=2, n_embd=32, memory_size=500,
+                       memory_device="cpu", **settings)
+    trainer(tmp_path, val_check_interval=3).fit(model, datamodule=data)
+    return model, data
+
+
+def test_checkpoint_carries_the_memory(tmp_path):
+    model, data = trained(tmp_path)
+    assert size(model) > 0
+    path = tmp_path / "memory.ckpt"
+    model.trainer.save_checkpoint(path)
+    assert "memory._extra_state" in torch.load(path, weights_only=True)["state_dict"]
+    restored = MemoryGPT2.load_from_checkpoint(path, weights_only=True)
+    assert restored.memory_digest() == model.memory_digest()
+    probes = torch.randn(7, restored.access.memory_dim, generator=torch.Generator().manual_seed(0))
+    a, b = model.memory.search(probes, 5), restored.memory.search(probes, 5)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.vectors, b.vectors)
+    ids = tokens(batch=2, length=12) % data.vocab_size
+    torch.testing.assert_close(restored.eval()(ids), model.eval()(ids))
+
+
+def test_resuming_mid_epoch_keeps_the_memory_and_a_new_epoch_empties_it(tmp_path):
+    data = recall_data(tmp_path)
+    path, saved, resumed_with = tmp_path / "resume.ckpt", [], []
+
+    class SaveAtStep4(L.Callback):  # a mid-epoch checkpoint, as ModelCheckpoint writes them
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 4 and not saved:
+                trainer.save_checkpoint(path)
+                saved.append((pl_module.memory_digest(), size(pl_module)))
+
+    class FirstBatch(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if not resumed_with:
+                resumed_with.append((pl_module.memory_digest(), size(pl_module)))
+
+    settings = dict(max_len=12, n_layer=1, n_head=2, n_embd=32, memory_size=500, memory_device="cpu")
+    data.prepare_data()
+    trainer(tmp_path, callbacks=[SaveAtStep4()]).fit(MemoryGPT2(vocab_size=data.vocab_size, **settings), datamodule=data)
+    resumed = MemoryGPT2.load_from_checkpoint(path, weights_only=True)
+    trainer(tmp_path, callbacks=[FirstBatch()]).fit(resumed, datamodule=data, ckpt_path=path)
+    assert resumed_with == saved and saved[0][1] > 0
+    resumed.memory.epoch = resumed.current_epoch - 1  # as if the memory were written in the epoch before
+    resumed.on_train_epoch_start()
+    assert size(resumed) == 0
+
+
+def test_a_checkpoint_with_another_memory_is_a_clear_error(tmp_path):
+    model, _ = trained(tmp_path)
+    other = MemoryGPT2(**{**model.hparams, "memory_size": 501})
+    with pytest.raises(XLabError, match="memory does not fit this model: .*memory_size=500"):
+        other.load_state_dict(model.state_dict())
+
+
+def test_validation_starts_empty_and_leaves_the_training_memory_alone(tmp_path):
+    model, data = trained(tmp_path)
+    before = model.memory_digest()
+    seen = []
+
+    class FirstBatch(L.Callback):
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            seen.append(size(pl_module))
+
+    metrics = trainer(tmp_path, callbacks=[FirstBatch()]).validate(model, datamodule=data, verbose=False)[0]
+    assert seen[0] == 0 and seen[1] > 0  # fresh, then filled by the validation documents
+    assert model.memory_digest() == before
+    assert 0.0 <= metrics["val/answer_accuracy"] <= 1.0
+
+
+def test_training_logs_the_memory_telemetry(tmp_path):
+    model, _ = trained(tmp_path)
+    logged = model.trainer.callback_metrics
+    for name in ("occupancy", "store_rate", "delete_rate", "hit_rate", "mean_age", "reliance", "store_probability"):
+        assert f"memory/{name}" in logged, name
+    assert 0 < float(logged["memory/occupancy"]) <= 1
+
+
+# --- bad input -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("settings, message", [
+    ({"memory_dim": 33}, "memory_dim=33 must be even"),
+    ({"memory_size": 0}, "num_search_results=5 exceeds memory_size=0"),
+    ({"memory_size": 3}, "num_search_results=5 exceeds memory_size=3"),
+    ({"index_type": "ivf", "num_clusters": 300}, "num_clusters <= memory_size"),
+    ({"index_type": "IVF8,Nonsense"}, "unknown index_type"),
+    ({"n_embd": 30, "n_head": 4}, "not divisible"),
+])
+def test_bad_settings_are_one_line_errors(settings, message):
+    with pytest.raises(XLabError, match=message):
+        tiny(**settings)
+
+
+def test_any_even_memory_dim_is_projected_and_small_memories_still_answer():
+    # k = 5 with a single stored entry, and an ivf index that has far fewer entries than
+    # clusters: both search what there is (the ivf index exactly, until it can be trained).
+    for settings in ({"memory_dim": 10}, {"index_type": "ivf", "num_clusters": 64, "memory_dim": 200}):
+        model = tiny(**settings).eval()
+        model(torch.tensor([[5, 6]]))
+        assert size(model) == 1
+        logits = model(torch.tensor([[5, 7, 9]]))
+        assert torch.isfinite(logits).all() and model.telemetry["hit_rate"] > 0
+
+
+def test_pretrained_gpt2_directory(tmp_path):
+    config = GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    GPT2Model(config).save_pretrained(tmp_path / "gpt2")
+    model = tiny(pretrained_path=str(tmp_path / "gpt2"))
+    saved = GPT2Model.from_pretrained(tmp_path / "gpt2")
+    torch.testing.assert_close(model.transformer.h[1].mlp.c_fc.weight, saved.h[1].mlp.c_fc.weight)
+    torch.testing.assert_close(model.transformer.wpe.weight, saved.wpe.weight[:16])
+    rebuilt = MemoryGPT2(**{**model.hparams, "pretrained_path": None})
+    rebuilt.load_state_dict(model.state_dict())  # a checkpoint does not need the directory
+    with pytest.raises(XLabError, match="n_layer=2.*n_layer=3"):
+        tiny(pretrained_path=str(tmp_path / "gpt2"), n_layer=3)
+    with pytest.raises(XLabError, match="not a GPT-2 directory"):
+        tiny(pretrained_path=str(tmp_path / "missing"))
+
+
+# --- evidence and DDP ------------------------------------------------------------------------------------
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_memory_beats_no_memory_on_the_recall_task(tmp_path):
+    bench = load_bench("memory_recall")
+    on = bench.recall_run(True, str(tmp_path / "cache"), steps=500)
+    off = bench.recall_run(False, str(tmp_path / "cache"), steps=500)
+    assert off["answer_accuracy"] < 0.15  # chance is 1/16: the questions are out of the context's reach
+    assert on["answer_accuracy"] > off["answer_accuracy"] + 0.5
+    assert on["loss"] < off["loss"] - 0.1
+
+
+class MemoryDigest(L.Callback):
+    """Test-only: each rank writes the fingerprint of the memory it ends training with."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        record = {"digest": pl_module.memory_digest(), "size": len(pl_module.memory.memory),
+                  "adds": pl_module.memory.memory.stats()["adds"]}
+        Path(self.folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def test_ddp_ranks_hold_the_same_memory_as_the_checkpoint(tmp_path):
+    source = {"kind": "recall", "documents": 400, "facts": 4, "keys": 64, "values": 8, "seed": 0}
+    vocab = RecallSource(**{k: v for k, v in source.items() if k != "kind"}).tokenizer_vocab_size()
+    callbacks = [{"class_path": "tests.models.test_memory_gpt2.MemoryDigest", "init_args": {"folder": str(tmp_path)}}]
+    args = [
+        "-c", str(ROOT / "conf" / "memory.yaml"),
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--trainer.precision", "32-true", "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
+        "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks", json.dumps(callbacks), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--model.init_args.n_layer", "1", "--model.init_args.n_head", "2", "--model.init_args.n_embd", "32",
+        "--model.init_args.max_len", "12", "--model.init_args.dropout", "0", "--model.init_args.memory_size", "1000",
+        "--model.init_args.memory_dim", "64", "--model.init_args.index_type", "flat",
+        "--model.init_args.memory_device", "cpu",
+        "--data.init_args.sources", json.dumps([source]), "--data.init_args.vocab_size", str(vocab),
+        "--data.init_args.split_fractions", "[0.8, 0.2, 0.0, 0.0]", "--data.init_args.cache_dir", str(tmp_path / "cache"),
+        "--data.init_args.batch_size", "3", "--data.init_args.eval_batch_size", "3",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(ROOT / "xlab.py"), "fit", *args], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1] and ranks[0]["size"] > 0
+    last = next((tmp_path / "runs").rglob("last.ckpt"))
+    restored = MemoryGPT2.load_from_checkpoint(last, weights_only=True)
+    assert restored.memory_digest() == ranks[0]["digest"]
+    # Each rank read different blocks (3 rows of 12 tokens per step); both ranks' entries are in.
+    assert ranks[0]["adds"] > 6 * 3 * 12

@@ -1,0 +1,412 @@
+"""MemoryGPT2: GPT-2 reading from and writing to a FAISS associative memory (VardaGPT, done properly).
+
+For every token the memory is searched with a learned query of the token (see `memory_layers`
+for what an entry holds and why); the top-k entries are scored again in torch (so the read is
+differentiable with respect to the query and every map), attended over together with a "read
+nothing" slot, and the result is added to the token's embedding before the GPT-2 blocks from
+`transformers` run. After the forward pass the final hidden states decide what is written:
+
+* store: every token proposes an entry (see `memory_layers` for its layout); a store gate on the
+  entry decides, sampled during training so that rarely stored kinds of entries still get tried,
+  thresholded at 0.5 otherwise. The same gate weights retrieved entries when they are read, so
+  entries that reading finds useful raise the gate for their kind, and `store_cost` charges for
+  every proposal.
+* delete: the tokens that read an entry vote on it from their final hidden states. The vote
+  is acted on one forward pass later; until then it weights reads of that entry, so keeping an
+  entry that the next pass reads usefully lowers the loss, and `keep_cost` rewards deleting
+  entries nothing reads. Votes above 0.5 remove their entries.
+
+Writes and removals are all-gathered across DDP ranks and applied in rank order, so every rank
+holds the same memory. The memory travels in checkpoints as extra state (tensors only).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from transformers import GPT2Config, GPT2Model
+
+from xlab.datamodules.datasets import IGNORE_INDEX
+from xlab.errors import XLabError
+from xlab.models.lm import STAGES, LanguageModel
+from xlab.models.memory_layers import MemoryAccess, MemoryCache, MemoryStore, PendingDeletes
+
+
+# A token votes on an entry only if it gave the entry at least this weight when reading.
+VOTE_THRESHOLD = 0.1
+
+
+class Readout(NamedTuple):
+    ids: Tensor  # (B, T, k) retrieved entry ids
+    valid: Tensor  # (B, T, k) which of them are real
+    entries: Tensor  # (B, T, k, D) their vectors
+    attention: Tensor  # (B, T, 1 + k), column 0 = read nothing
+    weights: Tensor  # (B, T, k) attention x store gate x keep probability
+
+
+class MemoryGPT2(LanguageModel):
+    """GPT-2 with an associative memory at its input.
+
+    Args:
+        vocab_size, sos_id, eos_id, pad_id: Linked from the data module.
+        max_len: Context length in tokens (linked into the data module's block size).
+        n_layer, n_head, n_embd, dropout: GPT-2 shape; must match `pretrained_path` if given.
+        pretrained_path: A local `save_pretrained` GPT-2 directory to start from (its
+            vocabulary must be the data's); its position table is cut to max_len.
+            `load_from_checkpoint(ckpt, pretrained_path=None)` rebuilds without the directory.
+        use_memory: False gives the same transformer with no memory (the baseline).
+        memory_size: Entries held; when full the `eviction` rule makes room.
+        memory_dim: Entry size, even; None means 2 * n_embd. Half is the key (a fixed random
+            address of the token before), half the value (the token's embedding and final
+            hidden state, through a fixed orthonormal projection when n_embd differs).
+        index_type, num_clusters, nprobe: flat, ivf, hnsw or a faiss factory string. An ivf
+            index searches exactly until min(memory_size, 39 * num_clusters) entries are stored,
+            then trains on them; num_clusters must be <= memory_size.
+        num_search_results: Entries retrieved per token (k).
+        forgetfulness_factor, min_weight, eviction: Each training step multiplies entry weights
+            by 1 - forgetfulness_factor and drops those under min_weight.
+        memory_device: Where faiss searches: auto (a GPU when faiss sees one), cpu or cuda.
+        store_init, delete_init: Initial logits of the store gate and the delete vote.
+        store_cost, keep_cost: Loss per unit of store probability and of keep probability.
+        memory_lr_scale: Learning rate of the query, key and value maps relative to the rest.
+            They start as an exact token cache; at the full rate Adam's steps (about one learning
+            rate per weight per step, whatever the gradient's size) scramble that faster than
+            the gradient can teach them anything better.
+        reset_each_epoch: Empty the memory when a new training epoch starts.
+        eval_memory: fresh (validation, test and predict start empty; the training memory is
+            put back afterwards) or continue (they read and write the training memory).
+        forget_documents: Remove a document's entries when its eos goes by (rows of a batch
+            still read each other's open documents).
+        learning_rate, weight_decay, betas, warmup_steps, min_lr_ratio, lr_decay_steps: AdamW
+            with warmup and cosine decay (see LanguageModel).
+        compile: torch.compile the transformer (the memory calls stay eager).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 4096,
+        sos_id: int = 2,
+        eos_id: int = 3,
+        pad_id: int = 0,
+        max_len: int = 256,
+        n_layer: int = 4,
+        n_head: int = 4,
+        n_embd: int = 256,
+        dropout: float = 0.0,
+        pretrained_path: str | None = None,
+        use_memory: bool = True,
+        memory_size: int = 10000,
+        memory_dim: int | None = None,
+        index_type: str = "flat",
+        num_clusters: int = 64,
+        nprobe: int = 8,
+        num_search_results: int = 5,
+        forgetfulness_factor: float = 0.0,
+        min_weight: float = 0.01,
+        eviction: Literal["lowest_weight", "oldest"] = "lowest_weight",
+        memory_device: Literal["auto", "cpu", "cuda"] = "auto",
+        store_init: float = 2.0,
+        delete_init: float = -2.0,
+        store_cost: float = 0.01,
+        keep_cost: float = 0.01,
+        memory_lr_scale: float = 0.1,
+        reset_each_epoch: bool = True,
+        eval_memory: Literal["fresh", "continue"] = "fresh",
+        forget_documents: bool = False,
+        learning_rate: float = 6e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        lr_decay_steps: int | None = None,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if n_embd % n_head:
+            raise XLabError(f"model n_embd={n_embd} is not divisible by n_head={n_head}: change one of them.")
+        self.transformer = self._build_transformer()
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight
+        self.access: MemoryAccess | None = None
+        self.memory: MemoryStore | None = None
+        if use_memory:
+            if num_search_results > memory_size:
+                raise XLabError(f"num_search_results={num_search_results} exceeds memory_size={memory_size}: "
+                                "retrieve fewer entries or hold more.")
+            embedding_scale = float(self.transformer.wte.weight.detach().std())
+            self.access = MemoryAccess(vocab_size, n_embd, memory_dim or 2 * n_embd, embedding_scale, store_init,
+                                       delete_init)
+            self.memory = MemoryStore(
+                memory_size=memory_size, memory_dim=self.access.memory_dim, index_type=index_type,
+                num_search_results=num_search_results, forgetfulness_factor=forgetfulness_factor,
+                min_weight=min_weight, eviction=eviction, num_clusters=num_clusters, nprobe=nprobe,
+                device=memory_device, metric="ip")
+        self.answers = nn.ModuleDict({f"{stage}_answers": MeanMetric() for stage in STAGES})
+        self._generation_writes = False
+        # The store and keep costs of the last forward pass that wrote; training adds them to the loss.
+        self.memory_loss: Tensor | None = None
+        self.telemetry: dict[str, float] = {}
+
+    def _build_transformer(self) -> GPT2Model:
+        hp = self.hparams
+        if hp.pretrained_path is None:
+            config = GPT2Config(vocab_size=hp.vocab_size, n_positions=hp.max_len, n_embd=hp.n_embd, n_layer=hp.n_layer,
+                                n_head=hp.n_head, resid_pdrop=hp.dropout, embd_pdrop=hp.dropout, attn_pdrop=hp.dropout,
+                                bos_token_id=hp.sos_id, eos_token_id=hp.eos_id, pad_token_id=hp.pad_id)
+            return GPT2Model(config)
+        try:
+            model = GPT2Model.from_pretrained(hp.pretrained_path, attn_implementation="sdpa")
+        except (OSError, ValueError) as error:
+            raise XLabError(f"pretrained_path {hp.pretrained_path} is not a GPT-2 directory: "
+                            f"{str(error).splitlines()[0]}") from None
+        c = model.config
+        mine = (hp.vocab_size, hp.n_layer, hp.n_head, hp.n_embd)
+        if (c.vocab_size, c.n_layer, c.n_head, c.n_embd) != mine or c.n_positions < hp.max_len:
+            raise XLabError(
+                f"pretrained GPT-2 at {hp.pretrained_path} has vocab_size={c.vocab_size}, n_layer={c.n_layer}, "
+                f"n_head={c.n_head}, n_embd={c.n_embd}, n_positions={c.n_positions}; the model asks for "
+                f"vocab_size={hp.vocab_size}, n_layer={hp.n_layer}, n_head={hp.n_head}, n_embd={hp.n_embd}, "
+                f"max_len={hp.max_len}: set them to match (the data's tokenizer must be the model's).")
+        # Cut positions to max_len so a checkpoint rebuilds from hparams alone, with no directory.
+        model.wpe = nn.Embedding.from_pretrained(model.wpe.weight[: hp.max_len].clone(), freeze=False)
+        c.n_positions = hp.max_len
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = hp.dropout
+        return model
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile:
+            self.transformer.forward = torch.compile(self.transformer.forward)
+
+    # --- the protocol the sampler uses ------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> MemoryCache:
+        """An empty KV cache for `batch_size` sequences (dtype follows the weights)."""
+        return MemoryCache(self.transformer.config, batch_size, max_len or self.hparams.max_len, self.device)
+
+    def set_generation_writes(self, enabled: bool) -> None:
+        """Whether passes with a KV cache (sampling) also write to and delete from the memory.
+        Off by default: sampling reads the checkpoint's memory and leaves it as it was. Passes
+        without a cache (training, evaluation) always write."""
+        self._generation_writes = bool(enabled)
+
+    def memory_digest(self) -> str:
+        """Fingerprint of the stored entries ("" without a memory): equal when two memories are."""
+        return self.memory.digest() if self.memory is not None else ""
+
+    def forward(self, input_ids: Tensor, cache: MemoryCache | None = None, positions: Tensor | None = None,
+                padding_mask: Tensor | None = None, previous_ids: Tensor | None = None) -> Tensor:
+        """Logits (B, T, vocab) for `input_ids` (B, T), reading the memory and then writing to it.
+
+        `cache`, `positions` and `padding_mask` (B, past + T; True at real tokens) follow the
+        XLabModel protocol. `previous_ids` (B,) is the token before each row (-1 if none): the
+        key of the first position's entry; with a cache, the cache remembers it.
+        """
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if positions is None:
+            positions = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+        if past + T > self.hparams.max_len or int(positions.max()) >= self.hparams.max_len:
+            raise ValueError(f"sequence of {past + T} tokens exceeds the model's max_len={self.hparams.max_len}")
+        embeddings = self.transformer.wte(input_ids)  # (B, T, C)
+        real = padding_mask[:, -T:].bool() if padding_mask is not None else None
+        x, readout, votes = embeddings, None, None
+        if self.memory is not None:
+            update, readout, votes = self._read(input_ids, embeddings, real)
+            x = embeddings + update
+        out = self.transformer(inputs_embeds=x, position_ids=positions, attention_mask=padding_mask,
+                               past_key_values=cache.layers if cache is not None else None,
+                               use_cache=cache is not None)
+        hidden = out.last_hidden_state
+        if self.memory is not None and (cache is None or self._generation_writes):
+            replay = False
+            if cache is not None:
+                previous_ids, replay = cache.previous, cache.replaying
+                cache.replaying = False
+            self._write(input_ids, embeddings, hidden, previous_ids, real, readout, votes, replay)
+        if cache is not None:
+            cache.previous = input_ids[:, -1]
+        return self.lm_head(hidden)
+
+    # --- reading and writing --------------------------------------------------------------------
+    def _read(self, input_ids: Tensor, embeddings: Tensor, real: Tensor | None) -> tuple[Tensor, Readout, Tensor]:
+        B, T, _ = embeddings.shape
+        k = self.hparams.num_search_results
+        q, probes = self.access.queries(input_ids)
+        found = self.memory.search(probes.reshape(B * T, -1).detach(), k)
+        entries = found.vectors.to(embeddings).view(B, T, k, -1)
+        ids, valid = found.ids.view(B, T, k), found.mask.view(B, T, k)
+        if real is not None:
+            valid = valid & real[..., None]
+        pending = self.memory.pending
+        if pending is None:  # still run the delete head, on nothing: DDP wants every parameter used
+            pending = PendingDeletes(ids.new_empty(0), embeddings.new_empty(0, embeddings.shape[-1]),
+                                     entries.new_empty(0, entries.shape[-1]))
+        pending = self.memory.pending = pending.to(embeddings.device)  # restored checkpoints hold CPU tensors
+        votes = self.access.delete_probability(pending.states.to(embeddings), pending.entries.to(embeddings))  # (P,)
+        keep = torch.ones_like(ids, dtype=embeddings.dtype)
+        if len(votes):
+            index, voted = pending.lookup(ids)
+            keep = torch.where(voted & valid, 1 - votes[index], keep)
+        update, attention, weights = self.access.read(q, entries, valid, keep)
+        return update, Readout(ids, valid, entries, attention, weights), votes
+
+    def _write(self, input_ids: Tensor, embeddings: Tensor, hidden: Tensor, previous_ids: Tensor | None,
+               real: Tensor | None, readout: Readout, votes: Tensor, replay: bool) -> None:
+        hp = self.hparams
+        B, T = input_ids.shape
+        # The previous pass's delete votes: act on them now, and pay for what they keep.
+        pending, deleted = self.memory.pending, votes.detach() > 0.5
+        removals = [pending.ids[deleted]]
+        cost = hp.keep_cost * (1 - votes).sum() / max(1, len(votes))
+        self.telemetry["delete_rate"] = float(deleted.float().mean()) if len(votes) else 0.0
+        self.memory.pending = self._votes(readout, hidden.detach())
+
+        before = previous_ids if previous_ids is not None else input_ids.new_full((B,), -1)
+        predecessors = torch.cat([before.reshape(B, 1).to(input_ids), input_ids[:, :-1]], dim=1)  # (B, T)
+        proposes = predecessors >= 0
+        if real is not None:  # a pad neither proposes an entry nor serves as a key
+            proposes &= real & torch.cat([real.new_ones(B, 1), real[:, :-1]], dim=1)
+        if replay:  # a re-run of tokens already written, except the newest one
+            proposes[:, :-1] = False
+        entries = self.access.entries(predecessors.clamp(min=0), embeddings.detach(), hidden.detach())
+        p = self.access.store_probability(entries)  # (B, T)
+        stores = (torch.bernoulli(p.detach()).bool() if self.training else p.detach() > 0.5) & proposes
+        if proposes.any():
+            cost = cost + hp.store_cost * p[proposes].mean()
+        new_ids = self.memory.add(entries[stores], age=self.training)
+        if hp.forget_documents:
+            removals.append(self._finished_documents(input_ids, stores, new_ids))
+        self.memory.remove(torch.cat(removals))
+        self.memory_loss = cost
+
+        stats = self.memory.memory.stats()
+        attention, valid = readout.attention, readout.valid
+        reading = valid.any(-1)
+        on_memory = attention[..., 1:].amax(-1) > attention[..., 0]
+        self.telemetry.update(
+            occupancy=stats["occupancy"], mean_age=stats["mean_age"],
+            store_rate=float(stores.sum() / proposes.sum().clamp(min=1)),
+            store_probability=float(p.detach()[proposes].mean()) if proposes.any() else 0.0,
+            hit_rate=float((on_memory & reading).sum() / max(1, reading.numel())),
+            reliance=float(readout.weights.detach().sum(-1).mean()),
+        )
+
+    @staticmethod
+    def _votes(readout: Readout, hidden: Tensor) -> PendingDeletes | None:
+        """Per entry that was read: the final states of the tokens that read it, averaged with
+        the weight each gave it. Entries that were retrieved but hardly read get no vote, so
+        the delete decision is about entries the model actually used."""
+        weights = readout.weights.detach() * readout.valid
+        read = weights > VOTE_THRESHOLD
+        where = read.nonzero()  # (V, 3): b, t, slot
+        if not len(where):
+            return None
+        unique, inverse = torch.unique(readout.ids[read], return_inverse=True)  # sorted, as PendingDeletes wants
+        w = weights[read].to(hidden.dtype)[:, None]
+        states = hidden.new_zeros(len(unique), hidden.shape[-1]).index_add_(0, inverse, w * hidden[where[:, 0], where[:, 1]])
+        total = hidden.new_zeros(len(unique), 1).index_add_(0, inverse, w)
+        entries = readout.entries.new_zeros(len(unique), readout.entries.shape[-1])
+        entries[inverse] = readout.entries[read].detach()
+        return PendingDeletes(unique, states / total, entries)
+
+    def _finished_documents(self, input_ids: Tensor, stores: Tensor, new_ids: Tensor) -> Tensor:
+        """Ids of entries whose document ended in this block; the rest stay open per row."""
+        rows, cols = stores.nonzero(as_tuple=True)
+        eos = input_ids == self.hparams.eos_id
+        finished = [input_ids.new_empty(0)]
+        open_documents = self.memory.open_documents
+        for row in range(input_ids.shape[0]):
+            mine, at = new_ids[rows == row], cols[rows == row]
+            ends = eos[row].nonzero()
+            if len(ends):
+                last = int(ends[-1])
+                finished += [ids.to(mine.device) for ids in open_documents.pop(row, [])] + [mine[at <= last]]
+                mine = mine[at > last]
+            open_documents.setdefault(row, []).append(mine)
+        return torch.cat(finished)
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        groups = super().parameter_groups(weight_decay)
+        if self.access is None:
+            return groups
+        mine = {id(p) for p in self.access.cache_maps()}
+        scaled = self.hparams.learning_rate * self.hparams.memory_lr_scale
+        split = []
+        for group in groups:
+            split.append({**group, "params": [p for p in group["params"] if id(p) not in mine]})
+            split.append({**group, "params": [p for p in group["params"] if id(p) in mine], "lr": scaled})
+        return [g for g in split if g["params"]]
+
+    # --- steps ------------------------------------------------------------------------------------
+    def loss_and_stats(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        logits = self(batch["input_ids"], previous_ids=batch.get("previous_ids"))
+        labels = batch["labels"]
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        valid = labels != IGNORE_INDEX
+        tokens = valid.sum()
+        hits = (logits.argmax(-1) == labels) & valid
+        stats = {"nll_sum": nll, "tokens": tokens, "correct": hits.sum(), "num_bytes": batch["num_bytes"].sum()}
+        if "answer_mask" in batch:
+            answers = batch["answer_mask"].bool() & valid
+            stats["answers"], stats["answers_correct"] = answers.sum(), (hits & answers).sum()
+        return nll / tokens.clamp(min=1), stats
+
+    def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        self.memory_loss = None
+        loss, stats = self.loss_and_stats(batch)
+        answers, correct = stats.pop("answers", None), stats.pop("answers_correct", None)
+        self.metrics[f"{stage}_metrics"].update(**stats)
+        size = batch["input_ids"].shape[0]
+        if answers is not None:
+            metric = self.answers[f"{stage}_answers"]
+            metric.update(correct.float() / answers.clamp(min=1), weight=answers.float())
+            self.log(f"{stage}/answer_accuracy", metric, on_step=False, on_epoch=True, batch_size=size)
+        if stage == "train":
+            self.log("train/loss_step", loss, prog_bar=True, batch_size=size)
+            if self.memory is not None:
+                self.log_dict({f"memory/{name}": value for name, value in self.telemetry.items()}, batch_size=size)
+            if self.memory_loss is not None:
+                loss = loss + self.memory_loss
+        return loss
+
+    # --- when the memory starts over --------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        # The epoch that wrote the memory is saved with it, so resuming mid-epoch keeps it.
+        if self.memory is not None and self.hparams.reset_each_epoch and self.memory.epoch != self.current_epoch:
+            self.memory.reset()
+        if self.memory is not None:
+            self.memory.epoch = self.current_epoch
+
+    def _set_aside(self) -> None:
+        if self.memory is not None and self.hparams.eval_memory == "fresh":
+            self.memory.set_aside()
+
+    def _put_back(self) -> None:
+        if self.memory is not None and self.hparams.eval_memory == "fresh":
+            self.memory.put_back()
+
+    def on_validation_epoch_start(self) -> None:
+        self._set_aside()
+
+    def on_validation_epoch_end(self) -> None:
+        self._put_back()  # before on_validation_end, where checkpoints are written
+        super().on_validation_epoch_end()
+
+    def on_test_epoch_start(self) -> None:
+        self._set_aside()
+
+    def on_test_epoch_end(self) -> None:
+        self._put_back()
+        super().on_test_epoch_end()
+
+    def on_predict_epoch_start(self) -> None:
+        self._set_aside()
+
+    def on_predict_epoch_end(self) -> None:
+        self._put_back()
