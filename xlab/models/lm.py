@@ -28,8 +28,12 @@ class LanguageModel(L.LightningModule):
         self.metrics = nn.ModuleDict({f"{stage}_metrics": LanguageModelMetrics() for stage in STAGES})
 
     # --- steps ------------------------------------------------------------------------------
+    def batch_logits(self, batch: dict[str, Tensor]) -> Tensor:
+        """Logits for a batch; models that read more than the tokens (neighbours, ...) override this."""
+        return self(batch["input_ids"])
+
     def loss_and_stats(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        logits = self(batch["input_ids"])
+        logits = self.batch_logits(batch)
         labels = batch["labels"]
         nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
         valid = labels != IGNORE_INDEX
@@ -74,7 +78,7 @@ class LanguageModel(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Per-window sums for the predict split; a writer callback joins them per document."""
-        logits = self(batch["input_ids"])
+        logits = self.batch_logits(batch)
         labels = batch["labels"]
         nll = F.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
         return {"doc_index": batch["doc_index"].cpu(), "nll_sum": nll.sum(1).cpu(),

@@ -344,8 +344,11 @@ class MemoryGPT2(LanguageModel):
         return [g for g in split if g["params"]]
 
     # --- steps ------------------------------------------------------------------------------------
+    def batch_logits(self, batch: dict[str, Tensor]) -> Tensor:
+        return self(batch["input_ids"], previous_ids=batch.get("previous_ids"))
+
     def loss_and_stats(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        logits = self(batch["input_ids"], previous_ids=batch.get("previous_ids"))
+        logits = self.batch_logits(batch)
         labels = batch["labels"]
         nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
         valid = labels != IGNORE_INDEX

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xlab.datamodules.datasets import IGNORE_INDEX
 from xlab.errors import XLabError
 from xlab.models.blocks import MLP, CausalSelfAttention, KVCache, Rotary, attention_mask
 from xlab.models.lm import LanguageModel
@@ -319,22 +318,8 @@ class RetroModel(LanguageModel):
         return cca.c_proj(y.transpose(1, 2).reshape(B, 1, C))
 
     # --- steps: pass the neighbours -----------------------------------------------------------
-    def loss_and_stats(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        logits = self(batch["input_ids"], batch.get("retrieved"))
-        labels = batch["labels"]
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-        valid = labels != IGNORE_INDEX
-        tokens = valid.sum()
-        correct = ((logits.argmax(-1) == labels) & valid).sum()
-        return nll / tokens.clamp(min=1), {"nll_sum": nll, "tokens": tokens, "correct": correct,
-                                          "num_bytes": batch["num_bytes"].sum()}
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        logits = self(batch["input_ids"], batch.get("retrieved"))
-        labels = batch["labels"]
-        nll = F.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
-        return {"doc_index": batch["doc_index"].cpu(), "nll_sum": nll.sum(1).cpu(),
-                "tokens": (labels != IGNORE_INDEX).sum(1).cpu(), "num_bytes": batch["num_bytes"].cpu()}
+    def batch_logits(self, batch: dict[str, Tensor]) -> Tensor:
+        return self(batch["input_ids"], batch.get("retrieved"))
 
     # --- which database the weights belong to -------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
