@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     context.add_argument("--slide-keep", type=_int_or_fraction, metavar="N|F",
                          help="when the text outgrows the block, keep this many tokens, or this fraction "
                               "of the block if < 1 (default: block size - 1)")
+    memory = parser.add_argument_group("memory (MemoryGPT2)")
+    memory.add_argument("--memory-writes", action="store_true",
+                        help="also store the prompt and the generated text in the memory, as training does, so "
+                             "later text (and later prompts with --interactive) can recall it; by default "
+                             "sampling only reads the saved memory. The checkpoint is never changed")
     return parser
 
 
@@ -106,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)
     loaded = load(args.checkpoint, device=device)
+    if args.memory_writes:
+        enable_memory_writes(loaded.model)
     settings = merged_settings(loaded, args)
     if args.stream and settings.num_samples > 1:
         raise XLabError("--stream shows one sequence as it grows: use it with --num-samples 1.")
@@ -124,6 +131,14 @@ def pick_device(choice: str) -> str:
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return choice
+
+
+def enable_memory_writes(model) -> None:
+    if getattr(model, "memory", None) is None:
+        detail = "trained with use_memory: false" if hasattr(model, "set_generation_writes") else type(model).__name__
+        raise XLabError(f"--memory-writes needs a model with a memory, and this one has none ({detail}): "
+                        "drop the option or pass a MemoryGPT2 checkpoint.")
+    model.set_generation_writes(True)
 
 
 def merged_settings(loaded, args: argparse.Namespace):
@@ -183,6 +198,7 @@ def respond(loaded, settings, prompt: str, args: argparse.Namespace) -> None:
     ids = [tokenizer[tokenizer.sos_token], *tokenizer.encode(prompt)]
     inputs = torch.tensor(ids, device=model.device)
     printer = StreamPrinter(tokenizer.decode, settings.stop_strings, prompt) if args.stream else None
+    entries_before = memory_entries(model)
     began = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -196,7 +212,18 @@ def respond(loaded, settings, prompt: str, args: argparse.Namespace) -> None:
     else:
         print_samples(prompt, [tokenizer.decode(r) for r in results], settings.stop_strings)
     tokens = sum(len(r) for r in results)
-    print(f"[{tokens} tokens in {seconds:.2f} s: {tokens / max(seconds, 1e-9):.1f} tokens/s]", file=sys.stderr)
+    memory = ""
+    if entries_before is not None:
+        entries = memory_entries(model)
+        memory = f"; memory {entries:,} entries ({entries - entries_before:+,})"
+    print(f"[{tokens} tokens in {seconds:.2f} s: {tokens / max(seconds, 1e-9):.1f} tokens/s{memory}]",
+          file=sys.stderr)
+
+
+def memory_entries(model) -> int | None:
+    """Entries in a MemoryGPT2's memory; None for models without one."""
+    memory = getattr(model, "memory", None)
+    return len(memory.memory) if memory is not None else None
 
 
 def print_samples(prompt: str, continuations: list[str], stops: list[str]) -> None:

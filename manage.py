@@ -2,7 +2,7 @@
 """Manage XLab checkpoints and exports.
 
 Usage:
-    ./manage.py export-checkpoint CKPT [-o OUT] [--force]
+    ./manage.py export-checkpoint CKPT [-o OUT] [--force] [--empty-memory]
     ./manage.py inspect CKPT_OR_EXPORT [--json]
     ./manage.py import-hf HF_DIR [-o OUT] [--tokenizer SPM_MODEL] [--force]
     ./manage.py COMMAND --help
@@ -61,13 +61,17 @@ def subcommand(name: str, help: str, *arguments: tuple[tuple[str, ...], dict[str
     arg("checkpoint", metavar="CKPT", help="a .ckpt written by training"),
     arg("-o", "--out", metavar="OUT", help="export folder (default: <ckpt stem>-export beside the checkpoint)"),
     arg("--force", action="store_true", help="replace OUT if it exists and is not empty"),
+    arg("--empty-memory", action="store_true",
+        help="MemoryGPT2: export the weights with an empty memory instead of the checkpoint's entries"),
 )
 def export_checkpoint(args: argparse.Namespace) -> int:
     from xlab.export import describe, export_checkpoint_
 
-    out = export_checkpoint_(args.checkpoint, args.out, force=args.force)
-    before, after = describe(args.checkpoint)["file_bytes"], describe(out)["file_bytes"]
-    print(f"exported {args.checkpoint} -> {out} ({_megabytes(after)}; checkpoint {_megabytes(before)})")
+    out = export_checkpoint_(args.checkpoint, args.out, force=args.force, keep_memory=not args.empty_memory)
+    before, after = describe(args.checkpoint)["file_bytes"], describe(out)
+    memory = f", {after['memory_entries']:,} memory entries" if "memory_entries" in after else ""
+    print(f"exported {args.checkpoint} -> {out} ({_megabytes(after['file_bytes'])}{memory}; "
+          f"checkpoint {_megabytes(before)})")
     return 0
 
 
@@ -152,6 +156,7 @@ def format_facts(facts: dict[str, Any]) -> str:
         f"{facts['format']}: {facts['path']}",
         f"model: {facts['model']}",
         f"parameters: {facts['parameters']:,}",
+        *([f"memory: {facts['memory_entries']:,} entries"] if "memory_entries" in facts else []),
         f"step: {_or_unknown(facts.get('global_step'))}   epoch: {_or_unknown(facts.get('epoch'))}",
         f"validation: {_validation(facts)}",
         f"tokenizer: {_or_unknown(facts.get('tokenizer_size'))} tokens"

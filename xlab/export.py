@@ -2,7 +2,8 @@
 
 An export is a directory:
     config.json        format, model class path, init args, tied weights, tokenizer kind, training facts
-    model.safetensors  the weights, each shared tensor stored once (safetensors refuses aliases)
+    model.safetensors  the weights, each shared tensor stored once (safetensors refuses aliases), and
+                       modules' extra state (MemoryGPT2's memory) flattened to `<key>.<field>` tensors
     generation.json    default `GenerationSettings`
     tokenizer.model    the sentencepiece model (or hf_tokenizer/ for imported GPT-2 models)
 Loading one reads JSON and safetensors only, and builds only allow-listed model classes of the
@@ -28,6 +29,8 @@ from xlab.inference.settings import GenerationSettings
 EXPORT_FORMAT, EXPORT_VERSION = "xlab-export", 1
 CONFIG, WEIGHTS, GENERATION, SPM_TOKENIZER = "config.json", "model.safetensors", "generation.json", "tokenizer.model"
 _COMPILED_PREFIX = "_orig_mod."
+_EXTRA_STATE = "_extra_state"
+MODEL_CLASS_RECORD = "xlab_model_class"  # written into checkpoints by LanguageModel.on_save_checkpoint
 
 
 @dataclass
@@ -71,6 +74,12 @@ def model_class(class_path: str | None, expected: type | None = None) -> type:
     return cls
 
 
+def saved_class_path(ckpt: dict[str, Any]) -> str | None:
+    """The model class a checkpoint names: LightningCLI's class path, else the one every
+    LanguageModel records itself (models built in Python have no class path in their hparams)."""
+    return (ckpt.get("hyper_parameters") or {}).get("_class_path") or ckpt.get(MODEL_CLASS_RECORD)
+
+
 def init_args(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
     """The hyperparameters that are arguments of `cls.__init__` (drops _class_path, _instantiator...)."""
     names = {p.name for p in inspect.signature(cls.__init__).parameters.values()
@@ -78,14 +87,15 @@ def init_args(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in dict(hparams).items() if k in names}
 
 
-def _build(cls: type, args: dict[str, Any], state: dict[str, torch.Tensor], source: str,
+def _build(cls: type, args: dict[str, Any], state: dict[str, Any], source: str,
            ckpt: dict[str, Any] | None = None):
     try:
         model = cls(**args)
     except TypeError as e:
         raise XLabError(f"{source}: cannot build {cls.__name__} from its saved settings ({e}).") from None
     if ckpt is not None:
-        # Lightning calls this hook before loading weights; models may restore extra state in it.
+        # Lightning calls this hook before loading weights; models restore their own records in it
+        # (an export passes the records its model wrote, see `checkpoint_records`).
         model.on_load_checkpoint(ckpt)
     try:
         model.load_state_dict(state, strict=True)
@@ -96,7 +106,41 @@ def _build(cls: type, args: dict[str, Any], state: dict[str, torch.Tensor], sour
     return model.eval().requires_grad_(False)
 
 
-def strip_compiled_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def checkpoint_records(model) -> dict[str, Any]:
+    """What the model adds to a checkpoint besides its weights (RetroModel: which retrieval database
+    it was trained with), so an export carries it as a checkpoint does."""
+    records: dict[str, Any] = {}
+    model.on_save_checkpoint(records)
+    records.pop(MODEL_CLASS_RECORD, None)  # config.json names the class already
+    return records
+
+
+def flatten_extra_states(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """A state dict as tensors only: each module's extra state (a dict of tensors, e.g. MemoryGPT2's
+    memory) becomes `<key>.<field>` tensors. Also returns {key: fields}, for `regroup_extra_states`."""
+    tensors: dict[str, torch.Tensor] = {}
+    extras: dict[str, list[str]] = {}
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor):
+            tensors[name] = value
+        elif name.endswith(_EXTRA_STATE) and isinstance(value, dict) and all(
+                isinstance(v, torch.Tensor) for v in value.values()):
+            extras[name] = sorted(value)
+            tensors.update({f"{name}.{field}": tensor for field, tensor in value.items()})
+        else:
+            raise XLabError(f"state entry {name} is a {type(value).__name__}, not tensors: it cannot be exported.")
+    return tensors, extras
+
+
+def regroup_extra_states(state: dict[str, torch.Tensor], extras: dict[str, list[str]], source: str) -> None:
+    for name, fields in extras.items():
+        missing = [field for field in fields if f"{name}.{field}" not in state]
+        if missing:
+            raise XLabError(f"{source}: extra state {name} lacks {', '.join(missing)}: re-export the checkpoint.")
+        state[name] = {field: state.pop(f"{name}.{field}") for field in fields}
+
+
+def strip_compiled_prefix(state: dict[str, Any]) -> dict[str, Any]:
     """torch.compile'd modules save weights under `_orig_mod.`; the plain model has no such level."""
     return {key.replace(_COMPILED_PREFIX, ""): value for key, value in state.items()}
 
@@ -130,7 +174,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_from_checkpoint(ckpt: dict[str, Any], expected: type | None = None, source: str = "checkpoint"):
     hparams = dict(ckpt.get("hyper_parameters") or {})
-    cls = model_class(hparams.get("_class_path"), expected)
+    cls = model_class(saved_class_path(ckpt), expected)
     return _build(cls, init_args(cls, hparams), strip_compiled_prefix(ckpt["state_dict"]), source, ckpt)
 
 
@@ -165,13 +209,17 @@ def _number(value: Any) -> float | None:
 
 
 # --- exports -------------------------------------------------------------------------------------
-def export_checkpoint_(ckpt_path: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
-    """Write the export of a Lightning checkpoint; default folder `<ckpt stem>-export` beside it."""
+def export_checkpoint_(ckpt_path: str | Path, out: str | Path | None = None, force: bool = False,
+                       keep_memory: bool = True) -> Path:
+    """Write the export of a Lightning checkpoint; default folder `<ckpt stem>-export` beside it.
+    A MemoryGPT2's memory goes with it unless `keep_memory` is False."""
     from xlab.datamodules import Tokenizer
 
     ckpt_path = Path(ckpt_path)
     ckpt = read_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt, source=str(ckpt_path))
+    if not keep_memory and getattr(model, "memory", None) is not None:
+        model.memory.reset()
     tokenizer = Tokenizer(tokenizer_bytes(ckpt, str(ckpt_path)))
     out = Path(out) if out is not None else ckpt_path.with_name(f"{ckpt_path.stem}-export")
     training = {**training_info(ckpt), "checkpoint": str(ckpt_path.resolve())}
@@ -187,13 +235,14 @@ def write_export_(out: str | Path, model, tokenizer_files: dict[str, bytes], tok
     out = Path(out)
     _check_target(out, force)
     cls = type(model)
-    tensors, tied = unique_tensors(model.state_dict())
+    flat, extras = flatten_extra_states(model.state_dict())
+    tensors, tied = unique_tensors(flat)
     hp = model.hparams
     generation = generation or GenerationSettings(block_size=int(hp["max_len"]), eos_class=hp.get("eos_id"))
     config = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION,
               "model": {"class_path": f"xlab.models.{cls.__name__}", "init_args": init_args(cls, hp)},
-              "tied": tied, "tokenizer": {"kind": tokenizer_kind, "files": sorted(tokenizer_files)},
-              "training": training}
+              "tied": tied, "extra_states": extras, "records": checkpoint_records(model),
+              "tokenizer": {"kind": tokenizer_kind, "files": sorted(tokenizer_files)}, "training": training}
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -286,7 +335,8 @@ def load_export(folder: str | Path, expected: type | None = None, device: str | 
         if name not in state:
             raise XLabError(f"export {folder}: tied weight {alias} refers to missing {name}.")
         state[alias] = state[name]
-    model = _build(cls, config["model"]["init_args"], state, str(folder)).to(device)
+    regroup_extra_states(state, config.get("extra_states", {}), str(folder))
+    model = _build(cls, config["model"]["init_args"], state, str(folder), config.get("records", {})).to(device)
     generation = _read_generation(folder / GENERATION)
     info = {"format": "export", "path": str(folder), "class_path": config["model"]["class_path"],
             **config.get("training", {})}
@@ -324,7 +374,7 @@ def load(path: str | Path, expected: type | None = None, device: str | torch.dev
     model = model_from_checkpoint(ckpt, expected, source=str(path)).to(device)
     tokenizer = Tokenizer(tokenizer_bytes(ckpt, str(path)))
     generation = GenerationSettings(eos_class=tokenizer.eos_id)
-    class_path = (ckpt.get("hyper_parameters") or {}).get("_class_path") or f"xlab.models.{type(model).__name__}"
+    class_path = saved_class_path(ckpt) or f"xlab.models.{type(model).__name__}"
     info = {"format": "checkpoint", "path": str(path), "class_path": class_path, **training_info(ckpt)}
     return Loaded(model, tokenizer, generation, info)
 
@@ -339,7 +389,8 @@ def describe(path: str | Path) -> dict[str, Any]:
 
     ckpt = read_checkpoint(path)
     hparams = dict(ckpt.get("hyper_parameters") or {})
-    tensors, _ = unique_tensors(strip_compiled_prefix(ckpt["state_dict"]))
+    flat, extras = flatten_extra_states(strip_compiled_prefix(ckpt["state_dict"]))
+    tensors, _ = unique_tensors({k: v for k, v in flat.items() if not _is_extra(k, extras)})
     try:
         # sentencepiece directly: importing xlab.datamodules would import Lightning (seconds).
         proto = tokenizer_bytes(ckpt, str(path))
@@ -347,9 +398,9 @@ def describe(path: str | Path) -> dict[str, Any]:
     except XLabError:
         tokenizer_size = None
     return {"path": str(path), "format": "checkpoint",
-            "model": hparams.get("_class_path") or "xlab.models.XLabModel (assumed: no class path saved)",
+            "model": saved_class_path(ckpt) or "xlab.models.XLabModel (assumed: no class path saved)",
             "parameters": sum(t.numel() for t in tensors.values()), **training_info(ckpt),
-            "tokenizer_size": tokenizer_size,
+            **_memory_entries(flat), "tokenizer_size": tokenizer_size,
             "settings": {k: v for k, v in hparams.items() if not k.startswith("_")},
             "file_bytes": path.stat().st_size}
 
@@ -358,10 +409,13 @@ def _describe_export(folder: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     config = read_export_config(folder)
+    extras = config.get("extra_states", {})
     with safe_open(folder / WEIGHTS, framework="pt") as weights:
-        parameters = sum(_numel(weights.get_slice(k).get_shape()) for k in weights.keys())
+        shapes = {k: weights.get_slice(k).get_shape() for k in weights.keys()}
+    parameters = sum(_numel(shape) for k, shape in shapes.items() if not _is_extra(k, extras))
+    entries = {"memory_entries": shapes[MEMORY_IDS][0]} if MEMORY_IDS in shapes else {}
     return {"path": str(folder), "format": "export", "model": config["model"]["class_path"],
-            "parameters": parameters, **config.get("training", {}),
+            "parameters": parameters, **entries, **config.get("training", {}),
             "tokenizer_size": _tokenizer_size(folder, config),
             "tokenizer_kind": config["tokenizer"]["kind"], "settings": config["model"]["init_args"],
             "generation": json.loads((folder / GENERATION).read_text()),
@@ -374,6 +428,18 @@ def _tokenizer_size(folder: Path, config: dict[str, Any]) -> int:
 
         return sentencepiece.SentencePieceProcessor(model_file=str(folder / SPM_TOKENIZER)).get_piece_size()
     return len(load_export_tokenizer(folder, config))
+
+
+# Where a MemoryGPT2's stored ids are, flattened: their count is the memory's occupancy.
+MEMORY_IDS = f"memory.{_EXTRA_STATE}.ids"
+
+
+def _memory_entries(flat: dict[str, torch.Tensor]) -> dict[str, int]:
+    return {"memory_entries": len(flat[MEMORY_IDS])} if MEMORY_IDS in flat else {}
+
+
+def _is_extra(name: str, extras: dict[str, list[str]]) -> bool:
+    return any(name.startswith(f"{key}.") for key in extras)
 
 
 def _numel(shape: list[int]) -> int:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xlab.errors import XLabError
-from xlab.export import (CONFIG, SPM_TOKENIZER, WEIGHTS, describe, export_checkpoint_, load, load_export,
+from xlab.export import (CONFIG, MODEL_CLASS_RECORD, SPM_TOKENIZER, WEIGHTS, describe, export_checkpoint_, load, load_export,
                          model_class)
 
 from .helpers import TOKENIZER_SIZE
@@ -96,8 +96,13 @@ def test_other_model_kinds_are_refused(tiny_checkpoint, tmp_path):
     ours = lightning_cli_checkpoint_(tiny_checkpoint, tmp_path, compiled=False)
     with pytest.raises(XLabError, match="holds a model of class XLabModel, not OtherModel"):
         load(ours, expected=OtherModel)
+    with pytest.raises(XLabError, match="holds a model of class XLabModel, not OtherModel"):
+        load(tiny_checkpoint, expected=OtherModel)  # built in Python: the model recorded its class
+    bare = torch.load(tiny_checkpoint, weights_only=True)
+    del bare[MODEL_CLASS_RECORD]
+    torch.save(bare, tmp_path / "bare.ckpt")
     with pytest.raises(XLabError, match="do not fit a OtherModel"):
-        load(tiny_checkpoint, expected=OtherModel)  # no class path saved: the caller is trusted
+        load(tmp_path / "bare.ckpt", expected=OtherModel)  # no class recorded at all: the caller is trusted
     with pytest.raises(XLabError, match="not an XLab model"):
         model_class("xlab.models.LanguageModel")
 

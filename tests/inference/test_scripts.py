@@ -133,6 +133,7 @@ def test_infer_interactive_answers_each_line(infer, tiny_export, capsys, monkeyp
     (["hello", "--exclude", "no-such-piece"], "neither a token id"),
     (["hello", "--num-samples", "2", "--stream"], "--stream"),
     ([], "no PROMPT"),
+    (["hello", "--memory-writes"], "needs a model with a memory"),
 ])
 def test_infer_bad_input_is_one_line_error(infer, tiny_export, capsys, arguments, message):
     arguments = ["" if a == "PROMPT_EMPTY" else a for a in arguments]

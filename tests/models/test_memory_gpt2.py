@@ -21,6 +21,8 @@ from xlab.datamodules.streams import StreamDataModule
 from xlab.errors import XLabError
 from xlab.models.memory_gpt2 import MemoryGPT2
 
+from ..inference.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 48
 
@@ -224,6 +226,30 @@ def test_a_checkpoint_with_another_memory_is_a_clear_error(tmp_path):
     other = MemoryGPT2(**{**model.hparams, "memory_size": 501})
     with pytest.raises(XLabError, match="memory does not fit this model: .*memory_size=500"):
         other.load_state_dict(model.state_dict())
+
+
+def test_export_carries_the_memory_and_infer_can_keep_writing(tmp_path, capsys):
+    from xlab.export import describe, export_checkpoint_, load
+
+    model, data = trained(tmp_path)
+    path = tmp_path / "memory.ckpt"
+    model.trainer.save_checkpoint(path)
+    out = export_checkpoint_(path, tmp_path / "export")
+    loaded = load(out).model
+    assert loaded.memory_digest() == model.memory_digest()
+    assert describe(out)["memory_entries"] == describe(path)["memory_entries"] == size(model) > 0
+    stored = size(model)
+    ids = tokens(batch=2, length=12) % data.vocab_size
+    torch.testing.assert_close(loaded(ids), model.eval()(ids))  # both read, then write, the same
+    assert describe(out)["parameters"] == describe(path)["parameters"]
+    empty = export_checkpoint_(path, tmp_path / "empty", keep_memory=False)
+    assert size(load(empty).model) == 0
+
+    infer = load_script("infer")
+    assert infer.main([str(out), "k", "--limit", "4", "--greedy"]) == 0
+    assert f"memory {stored:,} entries (+0)" in capsys.readouterr().err
+    assert infer.main([str(out), "k", "--limit", "4", "--greedy", "--memory-writes"]) == 0
+    assert f"memory {stored + 4:,} entries (+4)" in capsys.readouterr().err
 
 
 def test_validation_starts_empty_and_leaves_the_training_memory_alone(tmp_path):

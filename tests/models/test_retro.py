@@ -15,6 +15,7 @@ import torch
 from xlab import inference
 from xlab.datamodules.retro import RetroDataModule
 from xlab.errors import XLabError
+from xlab.export import export_checkpoint_, load
 from xlab.models import RetroModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +75,8 @@ def test_checkpoint_records_the_database_and_refuses_another(corpus_dir, tmp_pat
     trainer.save_checkpoint(ckpt)
     saved = torch.load(ckpt, weights_only=True)
     assert saved["retro_database"] == {**dm.database.identity(), "dir": str(dm.database.out_dir)}
+    exported = load(export_checkpoint_(ckpt, tmp_path / "export")).model  # an export carries the record too
+    assert {**exported.database_identity, "dir": exported.database_dir} == saved["retro_database"]
 
     loaded = RetroModel.load_from_checkpoint(ckpt)
     assert loaded.database is None

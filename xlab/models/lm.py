@@ -91,11 +91,17 @@ class LanguageModel(L.LightningModule):
         Without the check, an XLabModel asked to load a MemoryGPT2 checkpoint fails deep inside
         `__init__` or `load_state_dict` with a message about keyword arguments or tensor shapes.
         """
-        from xlab.export import model_class, read_checkpoint
+        from xlab.export import model_class, read_checkpoint, saved_class_path
 
-        hparams = read_checkpoint(checkpoint_path).get("hyper_parameters") or {}
-        model_class(hparams.get("_class_path"), expected=cls)
+        model_class(saved_class_path(read_checkpoint(checkpoint_path)), expected=cls)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from xlab.export import MODEL_CLASS_RECORD
+
+        # LightningCLI puts the class path in the hparams; a model built in Python would leave
+        # loaders guessing its kind.
+        checkpoint[MODEL_CLASS_RECORD] = f"{type(self).__module__}.{type(self).__name__}"
 
     # --- optimisation -----------------------------------------------------------------------
     def parameter_groups(self, weight_decay: float) -> list[dict]:

@@ -323,6 +323,7 @@ class RetroModel(LanguageModel):
 
     # --- which database the weights belong to -------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         database = getattr(getattr(self, "_trainer", None) and self.trainer.datamodule, "database", None)
         database = database if database is not None else self.database
         identity = database.identity() if database is not None else self.database_identity
