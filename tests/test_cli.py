@@ -94,6 +94,11 @@ def test_validate_from_checkpoint_alone_matches_fit(tmp_path, corpus_dir):
                   "--trainer.callbacks", "[]", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
     assert again.model.hparams.n_embd == 32
     torch.testing.assert_close(again.trainer.callback_metrics["val/loss"], fit_loss)
+    # Data settings on the command line still win over the checkpoint's.
+    smaller = main(["validate", "--ckpt_path", str(last_checkpoint(tmp_path)), "--data.init_args.eval_batch_size=1",
+                    "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
+                    "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    assert smaller.datamodule.eval_batch_size == 1 and smaller.datamodule.hparams.vocab_size == fit.datamodule.hparams.vocab_size
 
 
 def test_resume_continues_from_the_saved_step(tmp_path, corpus_dir):

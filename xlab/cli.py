@@ -63,6 +63,10 @@ class XLabCLI(LightningCLI):
             callbacks = [*callbacks, RichProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
 
+    def parse_arguments(self, parser, args) -> None:
+        self._given_args = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
         super()._parse_ckpt_path()  # the model's settings from the checkpoint
         subcommand = self.config.get("subcommand")
@@ -73,9 +77,23 @@ class XLabCLI(LightningCLI):
             return
         data = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("datamodule_hyper_parameters")
         if data and "_class_path" in data:
+            # Settings given on the command line (an eval_batch_size, another cache_dir) still win.
+            current = self.config[subcommand].data.init_args
             init_args = {k: v for k, v in data.items() if k not in ("_class_path", "_instantiator", "max_len")}
+            init_args.update({k: current[k] for k in _data_keys_given(getattr(self, "_given_args", []))
+                              if k in current})
             self.config = self.parser.parse_object(
                 {subcommand: {"data": {"class_path": data["_class_path"], "init_args": init_args}}}, self.config)
+
+
+def _data_keys_given(argv: list[str]) -> set[str]:
+    """Names of the data settings in `argv` (`--data.init_args.NAME` or `--data.NAME`)."""
+    names = set()
+    for arg in argv:
+        if arg.startswith("--data."):
+            key = arg.split("=", 1)[0].removeprefix("--data.").removeprefix("init_args.")
+            names.add(key.split(".", 1)[0])
+    return names
 
 
 def main(args: list[str] | None = None) -> XLabCLI | None:

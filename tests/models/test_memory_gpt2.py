@@ -115,6 +115,18 @@ def test_forget_documents_removes_an_ended_document():
     assert size(model) == 10  # the new document's positions 6..15; everything before the eos is gone
 
 
+def test_read_gain_sets_the_initial_size_of_reads():
+    ids = tokens(batch=1, length=8, seed=3)
+    sizes = []
+    for gain in (1.0, 5.0):
+        model = tiny(read_gain=gain).eval()
+        model(ids)  # fills the memory, so the second pass finds entries
+        with torch.no_grad():
+            update, _, _ = model._read(ids, model.transformer.wte(ids), None)
+        sizes.append(float(update.norm()))
+    assert sizes[0] > 0 and sizes[1] / sizes[0] == pytest.approx(5.0, rel=1e-4)
+
+
 def test_without_memory_it_is_gpt2():
     model = tiny(use_memory=False)
     assert model.memory is None and model.access is None

@@ -17,7 +17,8 @@ nothing" slot, and the result is added to the token's embedding before the GPT-2
   entries nothing reads. Votes above 0.5 remove their entries.
 
 Writes and removals are all-gathered across DDP ranks and applied in rank order, so every rank
-holds the same memory. The memory travels in checkpoints as extra state (tensors only).
+holds the same memory. The memory travels in checkpoints as extra state (tensors only) and in
+exports as safetensors (`manage.py export-checkpoint`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ class MemoryGPT2(LanguageModel):
         forgetfulness_factor, min_weight, eviction: Each training step multiplies entry weights
             by 1 - forgetfulness_factor and drops those under min_weight.
         memory_device: Where faiss searches: auto (a GPU when faiss sees one), cpu or cuda.
+        read_gain: Initial size of a read relative to the token embeddings' scale. The store gate
+            settles one of two ways: with reads of 3 or more embedding scales it learns which entries
+            pay and the memory is used (the recall task is learned); with 2 or less the reads are
+            too weak to be picked up, the store cost closes the gate, and the model runs as if it had
+            no memory. On text where the memory has little to offer a large gain costs loss early on
+            (see the README).
         store_init, delete_init: Initial logits of the store gate and the delete vote.
         store_cost, keep_cost: Loss per unit of store probability and of keep probability.
         memory_lr_scale: Learning rate of the query, key and value maps relative to the rest.
@@ -109,6 +116,7 @@ class MemoryGPT2(LanguageModel):
         min_weight: float = 0.01,
         eviction: Literal["lowest_weight", "oldest"] = "lowest_weight",
         memory_device: Literal["auto", "cpu", "cuda"] = "auto",
+        read_gain: float = 5.0,
         store_init: float = 2.0,
         delete_init: float = -2.0,
         store_cost: float = 0.01,
@@ -140,7 +148,7 @@ class MemoryGPT2(LanguageModel):
                                 "retrieve fewer entries or hold more.")
             embedding_scale = float(self.transformer.wte.weight.detach().std())
             self.access = MemoryAccess(vocab_size, n_embd, memory_dim or 2 * n_embd, embedding_scale, store_init,
-                                       delete_init)
+                                       delete_init, read_gain)
             self.memory = MemoryStore(
                 memory_size=memory_size, memory_dim=self.access.memory_dim, index_type=index_type,
                 num_search_results=num_search_results, forgetfulness_factor=forgetfulness_factor,

@@ -39,9 +39,6 @@ PROJECTION_SEED = 0
 # Initial score of an exact key match (an unrelated entry scores about 0). A soft start averages
 # the right entry with whatever else came back into noise, which the model learns to ignore.
 INITIAL_SHARPNESS = 32.0
-# Initial size of a read relative to the embedding's: embeddings grow as they train, and a read
-# much smaller than them is never picked up.
-INITIAL_GAIN = 5.0
 # Initial similarity an entry must beat to be read at all (an exact match is 1, an unrelated
 # entry about 0). Higher starts gate out too much: the store gate then sees no useful reads,
 # pays only the store cost, and closes for good.
@@ -70,7 +67,7 @@ class MemoryAccess(nn.Module):
     """Learned maps for reading, storing and deleting; see the module docstring for the layout."""
 
     def __init__(self, vocab_size: int, n_embd: int, memory_dim: int, embedding_scale: float, store_init: float,
-                 delete_init: float):
+                 delete_init: float, read_gain: float):
         super().__init__()
         if memory_dim < 2 or memory_dim % 2:
             raise XLabError(f"memory_dim={memory_dim} must be even and >= 2: an entry is a key half and a value half.")
@@ -94,12 +91,12 @@ class MemoryAccess(nn.Module):
         self.delete_state = nn.Linear(n_embd, self.half)
         self.delete_entry = nn.Linear(memory_dim, self.half, bias=False)
         self.delete_bias = nn.Parameter(torch.tensor(float(delete_init)))
-        self._initialize(embedding_scale, store_init)
+        self._initialize(embedding_scale * read_gain, store_init)
 
     @torch.no_grad()
-    def _initialize(self, embedding_scale: float, store_init: float) -> None:
+    def _initialize(self, read_scale: float, store_init: float) -> None:
         # Start as a token-level cache: a query matches entries whose previous token is the
-        # reading token and reads their value half back at a few times the embedding's scale. Random maps
+        # reading token and reads their value half back at `read_gain` times the embedding's scale. Random maps
         # would leave retrieval random, and top-k retrieval gives no gradient towards entries it
         # did not return, so the model would never find out what the memory is for.
         P, half = self.projection, self.half
@@ -109,7 +106,7 @@ class MemoryAccess(nn.Module):
         self.key.weight[:, :half] = torch.eye(half)
         self.value.weight.zero_()
         self.value.weight[:, half:] = P.T
-        self.log_gain.fill_(math.log(INITIAL_GAIN * embedding_scale))
+        self.log_gain.fill_(math.log(read_scale))
         self.log_sharpness.fill_(math.log(INITIAL_SHARPNESS))
         self.store.weight.zero_()
         self.store.bias.fill_(store_init)
