@@ -12,6 +12,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from xlab.datamodules.datasets import IGNORE_INDEX
 from xlab.models.metrics import LanguageModelMetrics
@@ -26,6 +27,8 @@ class LanguageModel(L.LightningModule):
         super().__init__()
         # Keys carry a suffix: a ModuleDict key "train" would shadow nn.Module.train().
         self.metrics = nn.ModuleDict({f"{stage}_metrics": LanguageModelMetrics() for stage in STAGES})
+        # Accuracy on answer tokens, for data that marks them (the recall task's `answer_mask`).
+        self.answers = nn.ModuleDict({f"{stage}_answers": MeanMetric() for stage in STAGES})
 
     # --- steps ------------------------------------------------------------------------------
     def batch_logits(self, batch: dict[str, Tensor]) -> Tensor:
@@ -38,15 +41,24 @@ class LanguageModel(L.LightningModule):
         nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
         valid = labels != IGNORE_INDEX
         tokens = valid.sum()
-        correct = ((logits.argmax(-1) == labels) & valid).sum()
-        return nll / tokens.clamp(min=1), {"nll_sum": nll, "tokens": tokens, "correct": correct,
-                                          "num_bytes": batch["num_bytes"].sum()}
+        hits = (logits.argmax(-1) == labels) & valid
+        stats = {"nll_sum": nll, "tokens": tokens, "correct": hits.sum(), "num_bytes": batch["num_bytes"].sum()}
+        if "answer_mask" in batch:
+            answers = batch["answer_mask"].bool() & valid
+            stats["answers"], stats["answers_correct"] = answers.sum(), (hits & answers).sum()
+        return nll / tokens.clamp(min=1), stats
 
     def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         loss, stats = self.loss_and_stats(batch)
+        answers, correct = stats.pop("answers", None), stats.pop("answers_correct", None)
         self.metrics[f"{stage}_metrics"].update(**stats)
+        size = batch["input_ids"].shape[0]
+        if answers is not None:
+            metric = self.answers[f"{stage}_answers"]
+            metric.update(correct.float() / answers.clamp(min=1), weight=answers.float())
+            self.log(f"{stage}/answer_accuracy", metric, on_step=False, on_epoch=True, batch_size=size)
         if stage == "train":
-            self.log("train/loss_step", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+            self.log("train/loss_step", loss, prog_bar=True, batch_size=size)
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

@@ -26,14 +26,11 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 from transformers import GPT2Config, GPT2Model
 
-from xlab.datamodules.datasets import IGNORE_INDEX
 from xlab.errors import XLabError
-from xlab.models.lm import STAGES, LanguageModel
+from xlab.models.lm import LanguageModel
 from xlab.models.memory_layers import MemoryAccess, MemoryCache, MemoryStore, PendingDeletes
 
 
@@ -154,7 +151,6 @@ class MemoryGPT2(LanguageModel):
                 num_search_results=num_search_results, forgetfulness_factor=forgetfulness_factor,
                 min_weight=min_weight, eviction=eviction, num_clusters=num_clusters, nprobe=nprobe,
                 device=memory_device, metric="ip")
-        self.answers = nn.ModuleDict({f"{stage}_answers": MeanMetric() for stage in STAGES})
         self._generation_writes = False
         # The store and keep costs of the last forward pass that wrote; training adds them to the loss.
         self.memory_loss: Tensor | None = None
@@ -355,32 +351,12 @@ class MemoryGPT2(LanguageModel):
     def batch_logits(self, batch: dict[str, Tensor]) -> Tensor:
         return self(batch["input_ids"], previous_ids=batch.get("previous_ids"))
 
-    def loss_and_stats(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        logits = self.batch_logits(batch)
-        labels = batch["labels"]
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-        valid = labels != IGNORE_INDEX
-        tokens = valid.sum()
-        hits = (logits.argmax(-1) == labels) & valid
-        stats = {"nll_sum": nll, "tokens": tokens, "correct": hits.sum(), "num_bytes": batch["num_bytes"].sum()}
-        if "answer_mask" in batch:
-            answers = batch["answer_mask"].bool() & valid
-            stats["answers"], stats["answers_correct"] = answers.sum(), (hits & answers).sum()
-        return nll / tokens.clamp(min=1), stats
-
     def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         self.memory_loss = None
-        loss, stats = self.loss_and_stats(batch)
-        answers, correct = stats.pop("answers", None), stats.pop("answers_correct", None)
-        self.metrics[f"{stage}_metrics"].update(**stats)
-        size = batch["input_ids"].shape[0]
-        if answers is not None:
-            metric = self.answers[f"{stage}_answers"]
-            metric.update(correct.float() / answers.clamp(min=1), weight=answers.float())
-            self.log(f"{stage}/answer_accuracy", metric, on_step=False, on_epoch=True, batch_size=size)
+        loss = super()._common_step(batch, stage)
         if stage == "train":
-            self.log("train/loss_step", loss, prog_bar=True, batch_size=size)
             if self.memory is not None:
+                size = batch["input_ids"].shape[0]
                 self.log_dict({f"memory/{name}": value for name, value in self.telemetry.items()}, batch_size=size)
             if self.memory_loss is not None:
                 loss = loss + self.memory_loss
