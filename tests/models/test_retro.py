@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from xlab import inference
-from xlab.datamodules.retro import RetroDataModule
 from xlab.errors import XLabError
 from xlab.export import export_checkpoint_, load
 from xlab.models import RetroModel
+
+from ..datamodules.test_retro_data import make as tiny_data
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,15 +27,6 @@ def tiny_model(**overrides) -> RetroModel:
     settings = dict(vocab_size=60, max_len=16, n_layer=3, n_head=2, n_embd=32, chunk_size=4, enc_dim=16,
                     enc_depth=2, dec_cross_attn_layers=[1, 2])
     return RetroModel(**(settings | overrides)).eval()
-
-
-def tiny_data(corpus_dir, tmp_path, **overrides) -> RetroDataModule:
-    settings = dict(sources=[{"kind": "text_folder", "path": str(corpus_dir)}], vocab_size=400, max_len=16,
-                    chunk_size=4, k=2, batch_size=4, cache_dir=str(tmp_path / "cache"))
-    dm = RetroDataModule(**(settings | overrides))
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
 
 
 def test_shapes_and_retrieval_off():
