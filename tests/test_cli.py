@@ -10,25 +10,10 @@ import pytest
 import torch
 import yaml
 
+from tests.helpers import CONF, tiny
 from xlab.cli import main
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 RECIPES = sorted(p.name for p in CONF.glob("*.yaml"))
-
-
-def tiny(tmp_path: Path, sources: list[dict], steps: int = 4) -> list[str]:
-    """Overrides that shrink any XLabModel recipe to seconds on a CPU."""
-    return [
-        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
-        "--trainer.precision", "32-true", "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "2",
-        "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-        "--model.init_args.n_layer", "1", "--model.init_args.n_head", "2", "--model.init_args.n_embd", "32",
-        "--model.init_args.max_len", "16", "--model.init_args.compile", "false",
-        "--data.init_args.sources", json.dumps(sources), "--data.init_args.vocab_size", "400",
-        "--data.init_args.cache_dir", str(tmp_path / "cache"), "--data.init_args.batch_size", "4",
-        "--data.init_args.num_workers", "0", "--data.init_args.max_documents", "null",
-    ]
 
 
 def local_wikitext(tmp_path: Path, corpus_dir: Path) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tests.test_cli import CONF, tiny
+from tests.helpers import CONF, tiny
 from xlab.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

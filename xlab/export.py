@@ -82,8 +82,14 @@ def saved_class_path(ckpt: dict[str, Any]) -> str | None:
 
 def init_args(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
     """The hyperparameters that are arguments of `cls.__init__` (drops _class_path, _instantiator...)."""
-    names = {p.name for p in inspect.signature(cls.__init__).parameters.values()
-             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+    names: set[str] = set()
+    for klass in cls.__mro__:  # subclasses forward the shared settings to the base with **kwargs
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
     return {k: v for k, v in dict(hparams).items() if k in names}
 
 

@@ -1,11 +1,10 @@
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import write_corpus
+from tests.helpers import write_corpus
 from xlab.datamodules import XLabDataModule
 from xlab.datamodules.splits import SPLITS
 from xlab.errors import XLabError

@@ -9,14 +9,7 @@ from xlab.datamodules.datasets import IGNORE_INDEX
 from xlab.datamodules.retro import RetroDataModule
 from xlab.errors import XLabError
 
-
-def make(corpus_dir, tmp_path, **overrides) -> RetroDataModule:
-    settings = dict(sources=[{"kind": "text_folder", "path": str(corpus_dir)}], vocab_size=400, max_len=16,
-                    chunk_size=4, k=2, batch_size=4, cache_dir=str(tmp_path / "cache"))
-    dm = RetroDataModule(**(settings | overrides))
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
+from tests.helpers import retro_data as make
 
 
 def test_batches_carry_chunked_neighbours(corpus_dir, tmp_path):
@@ -97,7 +90,7 @@ def test_database_of_another_tokenizer_is_refused(corpus_dir, tmp_path):
 def test_manage_build_retrieval_then_train_with_it(corpus_dir, tmp_path, capsys):
     import yaml
 
-    from tests.inference.helpers import load_script
+    from tests.helpers import load_script
 
     manage = load_script("manage")
     config = tmp_path / "retro.yaml"

@@ -3,7 +3,7 @@ import pytest
 from xlab.datamodules.tokenizer import EOS_ID, PAD_ID, SOS_ID, UNK_ID, Tokenizer
 from xlab.errors import XLabError
 
-from tests.conftest import WORDS
+from tests.helpers import WORDS
 
 AWKWARD = [
     "  leading spaces, double  spaces and trailing   ",

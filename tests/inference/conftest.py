@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, TOKENIZER_SIZE
+from tests.helpers import ROOT, TOKENIZER_SIZE
 
 
 @pytest.fixture(scope="session")

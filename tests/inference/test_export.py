@@ -12,7 +12,7 @@ from xlab.errors import XLabError
 from xlab.export import (CONFIG, MODEL_CLASS_RECORD, SPM_TOKENIZER, WEIGHTS, describe, export_checkpoint_, load, load_export,
                          model_class)
 
-from .helpers import TOKENIZER_SIZE
+from tests.helpers import TOKENIZER_SIZE
 
 
 def test_readme_snippet_runs_as_written(tiny_checkpoint):

@@ -12,7 +12,7 @@ from xlab import inference
 from xlab.errors import XLabError
 from xlab.hf_gpt2 import HFTokenizer, xlab_from_gpt2
 
-from .helpers import TOKENIZER_SIZE, load_script
+from tests.helpers import TOKENIZER_SIZE, load_script
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")

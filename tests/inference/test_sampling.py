@@ -10,7 +10,7 @@ from xlab import inference
 from xlab.errors import XLabError
 from xlab.inference.processors import race, sample_token, warp
 
-from .helpers import sharp_model
+from tests.helpers import sharp_model
 
 
 def recompute(model, prompt: list[int], steps: int, block_size: int, keep: int, choose=None) -> list[int]:

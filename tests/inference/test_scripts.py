@@ -13,7 +13,7 @@ import torch
 
 from xlab import inference
 
-from .helpers import TOKENIZER_SIZE, ROOT, load_script
+from tests.helpers import TOKENIZER_SIZE, ROOT, load_script
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ recall task on which the memory must beat the same model without one."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ from xlab.datamodules.streams import StreamDataModule
 from xlab.errors import XLabError
 from xlab.models.memory_gpt2 import MemoryGPT2
 
-from ..inference.helpers import load_script
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 48
@@ -328,15 +327,8 @@ def test_pretrained_gpt2_directory(tmp_path):
 
 
 # --- evidence and DDP ------------------------------------------------------------------------------------
-def load_bench(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_memory_beats_no_memory_on_the_recall_task(tmp_path):
-    bench = load_bench("memory_recall")
+    bench = load_script("bench/memory_recall")
     on = bench.recall_run(True, str(tmp_path / "cache"), steps=500)
     off = bench.recall_run(False, str(tmp_path / "cache"), steps=500)
     assert off["answer_accuracy"] < 0.15  # chance is 1/16: the questions are out of the context's reach

@@ -3,8 +3,6 @@ checkpoint, generation with retrieval (cached decoding equals full recomputation
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +15,7 @@ from xlab.errors import XLabError
 from xlab.export import export_checkpoint_, load
 from xlab.models import RetroModel
 
-from ..datamodules.test_retro_data import make as tiny_data
+from tests.helpers import load_script, retro_data as tiny_data
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,10 +105,7 @@ def test_generation_retrieves_at_chunk_boundaries(corpus_dir, tmp_path):
 
 def test_ablation_margin():
     """bench/retro_ablation.py, small: real neighbours beat random ones and a plain decoder."""
-    spec = importlib.util.spec_from_file_location("retro_ablation", ROOT / "bench" / "retro_ablation.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["retro_ablation"] = bench  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/retro_ablation")
     losses = bench.run(bench.SMALL)
     assert losses["retro_neighbours"] < losses["retro_random"] - 1.0
     assert losses["retro_neighbours"] < losses["xlab_decoder"] - 1.0
@@ -118,7 +113,7 @@ def test_ablation_margin():
 
 def test_ablations_from_the_command_line(corpus_dir, tmp_path, capsys):
     from xlab.cli import main
-    from tests.test_cli import tiny
+    from tests.helpers import tiny
 
     args = ["fit", "-c", str(ROOT / "conf" / "retro.yaml"),
             *tiny(tmp_path, [{"kind": "text_folder", "path": str(corpus_dir)}], steps=2),

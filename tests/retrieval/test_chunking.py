@@ -7,21 +7,7 @@ from xlab.errors import XLabError
 from xlab.retrieval.chunking import (chunk_tokens_, chunks_sha256, neighbour_tokens, open_chunks,
                                      sequence_starts)
 
-PAD, SOS, EOS = 0, 2, 3
-
-
-def make_corpus(lengths, seed=0, vocab=500, dtype=np.uint16):
-    """Documents of the given text lengths, each wrapped as sos + random tokens + eos."""
-    rng = np.random.default_rng(seed)
-    docs = [np.concatenate([[SOS], rng.integers(4, vocab, n), [EOS]]) for n in lengths]
-    return corpus_of(docs, dtype)
-
-
-def corpus_of(docs, dtype=np.uint16):
-    """(tokens, doc_offsets) of a list of token arrays, in the data module's format."""
-    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
-    tokens = np.concatenate([np.asarray(d) for d in docs]).astype(dtype) if docs else np.zeros(0, dtype)
-    return tokens, offsets
+from .helpers import PAD, corpus_of, make_corpus
 
 
 def test_chunks_are_padded_per_document(tmp_path):

@@ -9,8 +9,8 @@ import pytest
 from xlab.errors import XLabError
 from xlab.retrieval.database import RetrievalDatabase, build_retrieval_database_
 
-from .test_chunking import corpus_of, make_corpus
-from .test_embedders import WordTokenizer, tiny_bert  # noqa: F401 (tiny_bert is a fixture)
+from .helpers import corpus_of, make_corpus
+from .helpers import WordTokenizer
 
 CHUNK = 16
 ARTEFACTS = ("chunks.npy", "chunk_doc_ids.npy", "doc_chunk_offsets.npy", "seq_starts.npy", "embedder_state.npz",

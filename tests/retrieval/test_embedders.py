@@ -6,27 +6,7 @@ import pytest
 from xlab.errors import XLabError
 from xlab.retrieval.embedders import HashedNgramEmbedder, embed_chunks_, make_embedder
 
-N_WORDS = 100
-
-
-class WordTokenizer:
-    """Stand-in corpus tokenizer: ids 0-3 are pad/unk/sos/eos, id 4 + i is the word `w{i}`."""
-
-    pad_id, unk_id, sos_id, eos_id = 0, 1, 2, 3
-
-    def __len__(self):
-        return 4 + N_WORDS
-
-    def decode(self, ids):
-        return " ".join(f"w{i - 4}" for i in ids if i >= 4)
-
-
-def random_chunks(n, size=32, seed=0, pad_tail=0):
-    chunks = np.random.default_rng(seed).integers(4, 4 + N_WORDS, (n, size)).astype(np.int32)
-    if pad_tail:
-        chunks[:, -pad_tail:] = 0
-    return chunks
-
+from .helpers import WordTokenizer, random_chunks
 
 def test_hashed_embedder_finds_an_exact_duplicate_first():
     chunks = random_chunks(200, seed=1)
@@ -76,27 +56,6 @@ def test_factory_rejects_unknown_kinds_and_keys():
     with pytest.raises(XLabError, match="needs"):
         make_embedder({"kind": "hf"})
     assert make_embedder(None).fingerprint().startswith("hashed")
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A tiny BERT and a word-level tokenizer for the stand-in vocabulary, saved like a hub model."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {token: i for i, token in enumerate(specials + [f"w{i}" for i in range(N_WORDS)])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
-                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(path)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(path)
-    return str(path)
 
 
 def test_hf_embedder_from_a_local_tiny_bert(tiny_bert):

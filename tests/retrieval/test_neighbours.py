@@ -7,7 +7,7 @@ from xlab.retrieval.embedders import HashedNgramEmbedder
 from xlab.retrieval.index import build_index_
 from xlab.retrieval.neighbours import filter_neighbours, precompute_neighbours_
 
-from .test_chunking import corpus_of
+from .helpers import corpus_of
 
 
 def repetitive_corpus(n_docs=40, seed=0):

@@ -1,7 +1,11 @@
 """What every XLab language model shares: the step, the metrics, the optimizer recipe, predict.
 
-Subclasses build their network in `__init__` (after `save_hyperparameters()`) and implement
-`forward(input_ids, ...) -> logits`; batches are dicts from the data module's datasets.
+The base takes the settings every model shares (special ids, context length, the optimizer and
+its schedule, compile) and saves every constructor argument of the subclass with them. A subclass
+declares only its own arguments, forwards the rest with `**kwargs` (jsonargparse follows them
+into this signature, so `--help` and `--print_config` list both), builds its network after
+`super().__init__(**kwargs)` and implements `forward(input_ids, ...) -> logits`. Batches are
+dicts from the data module's datasets.
 """
 
 from __future__ import annotations
@@ -15,20 +19,60 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from xlab.datamodules.datasets import IGNORE_INDEX
+from xlab.errors import XLabError
 from xlab.models.metrics import LanguageModelMetrics
 
 STAGES = ("train", "val", "test")
 
 
 class LanguageModel(L.LightningModule):
-    """Base class: next-token loss, corpus-level metrics per split, AdamW with warmup + cosine."""
+    """Base class: next-token loss, corpus-level metrics per split, AdamW with warmup + cosine.
 
-    def __init__(self):
+    Args:
+        vocab_size: Tokens in the vocabulary (linked from the data module).
+        sos_id, eos_id, pad_id: Special token ids (linked from the data module).
+        max_len: Context length in tokens (linked into the data module's block size).
+        learning_rate, weight_decay, betas: AdamW; no decay on norms, biases and embeddings.
+        warmup_steps, min_lr_ratio, lr_decay_steps: Linear warmup, then cosine down to
+            min_lr_ratio * learning_rate at lr_decay_steps (default: the run's total steps).
+        compile: Run the model's network through torch.compile (see `compile_targets`).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 4096,
+        sos_id: int = 2,
+        eos_id: int = 3,
+        pad_id: int = 0,
+        max_len: int = 256,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        lr_decay_steps: int | None = None,
+        compile: bool = False,
+    ):
         super().__init__()
+        # Collects the arguments of every __init__ in the chain, the subclass's included.
+        self.save_hyperparameters()
+        if max_len < 1:
+            raise XLabError(f"model max_len={max_len} must be positive.")
         # Keys carry a suffix: a ModuleDict key "train" would shadow nn.Module.train().
         self.metrics = nn.ModuleDict({f"{stage}_metrics": LanguageModelMetrics() for stage in STAGES})
         # Accuracy on answer tokens, for data that marks them (the recall task's `answer_mask`).
         self.answers = nn.ModuleDict({f"{stage}_answers": MeanMetric() for stage in STAGES})
+
+    def compile_target(self) -> nn.Module:
+        """The module whose forward `compile: true` compiles; models that keep some calls eager
+        (MemoryGPT2's faiss searches) return the part that can be traced."""
+        return self
+
+    def setup(self, stage: str) -> None:
+        target = self.compile_target()
+        # Compiling the bound forward keeps parameter names (no `_orig_mod.` prefix) in checkpoints.
+        if self.hparams.compile and not hasattr(target.forward, "_torchdynamo_orig_callable"):
+            target.forward = torch.compile(target.forward)
 
     # --- steps ------------------------------------------------------------------------------
     def batch_logits(self, batch: dict[str, Tensor]) -> Tensor:

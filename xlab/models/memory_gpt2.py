@@ -92,11 +92,6 @@ class MemoryGPT2(LanguageModel):
 
     def __init__(
         self,
-        vocab_size: int = 4096,
-        sos_id: int = 2,
-        eos_id: int = 3,
-        pad_id: int = 0,
-        max_len: int = 256,
         n_layer: int = 4,
         n_head: int = 4,
         n_embd: int = 256,
@@ -123,15 +118,10 @@ class MemoryGPT2(LanguageModel):
         eval_memory: Literal["fresh", "continue"] = "fresh",
         forget_documents: bool = False,
         learning_rate: float = 6e-4,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 100,
-        min_lr_ratio: float = 0.1,
-        lr_decay_steps: int | None = None,
-        compile: bool = False,
+        **kwargs,
     ):
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        vocab_size = self.hparams.vocab_size
         if n_embd % n_head:
             raise XLabError(f"model n_embd={n_embd} is not divisible by n_head={n_head}: change one of them.")
         self.transformer = self._build_transformer()
@@ -184,9 +174,8 @@ class MemoryGPT2(LanguageModel):
                 module.p = hp.dropout
         return model
 
-    def setup(self, stage: str) -> None:
-        if self.hparams.compile:
-            self.transformer.forward = torch.compile(self.transformer.forward)
+    def compile_target(self) -> nn.Module:
+        return self.transformer  # the memory's faiss calls stay eager
 
     # --- the protocol the sampler uses ------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> MemoryCache:

@@ -130,11 +130,6 @@ class RetroModel(LanguageModel):
 
     def __init__(
         self,
-        vocab_size: int = 4096,
-        sos_id: int = 2,
-        eos_id: int = 3,
-        pad_id: int = 0,
-        max_len: int = 256,
         n_layer: int = 6,
         n_head: int = 4,
         n_embd: int = 256,
@@ -145,16 +140,10 @@ class RetroModel(LanguageModel):
         dropout: float = 0.0,
         rope_base: float = 10000.0,
         force_database: bool = False,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 100,
-        min_lr_ratio: float = 0.1,
-        lr_decay_steps: int | None = None,
-        compile: bool = False,
+        **kwargs,
     ):
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
+        vocab_size, max_len = self.hparams.vocab_size, self.hparams.max_len
         for name, dim in (("n_embd", n_embd), ("enc_dim", enc_dim)):
             if dim % n_head or (dim // n_head) % 2:
                 raise XLabError(f"model {name}={dim} must split into n_head={n_head} heads of even size (rotary).")
@@ -191,10 +180,6 @@ class RetroModel(LanguageModel):
         self.database = None  # set_database: for generation-time retrieval
         self.database_identity: dict | None = None  # of the database trained with (from the checkpoint)
         self.database_dir: str | None = None  # where that database was
-
-    def setup(self, stage: str) -> None:
-        if self.hparams.compile:
-            self.forward = torch.compile(self.forward)
 
     # --- the network --------------------------------------------------------------------------
     def encode(self, retrieved: Tensor, h: Tensor) -> Tensor:

@@ -42,11 +42,6 @@ class XLabModel(LanguageModel):
 
     def __init__(
         self,
-        vocab_size: int = 4096,
-        sos_id: int = 2,
-        eos_id: int = 3,
-        pad_id: int = 0,
-        max_len: int = 256,
         n_layer: int = 4,
         n_head: int = 4,
         n_embd: int = 256,
@@ -59,16 +54,10 @@ class XLabModel(LanguageModel):
         activation: Activation = "gelu",
         bias: bool = True,
         tie_weights: bool = True,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 100,
-        min_lr_ratio: float = 0.1,
-        lr_decay_steps: int | None = None,
-        compile: bool = False,
+        **kwargs,
     ):
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
+        vocab_size, max_len = self.hparams.vocab_size, self.hparams.max_len
         if n_embd % n_head:
             raise XLabError(f"model n_embd={n_embd} is not divisible by n_head={n_head}: change one of them.")
         if positions == "rotary" and (n_embd // n_head) % 2:
@@ -105,10 +94,6 @@ class XLabModel(LanguageModel):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-
-    def setup(self, stage: str) -> None:
-        if self.hparams.compile:
-            self.forward = torch.compile(self.forward)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache for incremental decoding of `batch_size` sequences."""

@@ -1,0 +1,86 @@
+"""Helpers shared by the tests: corpora the tests write, tiny CLI settings, the scripts as modules,
+models with decisive logits. Tests import them from here, never from another test module."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+TOKENIZER_SIZE = 400  # the test corpus's characters plus 256 byte pieces, with room for merges
+
+SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "shi", "vo", "pe", "da", "gri", "zu", "an", "el", "or")
+WORDS = sorted({a + b + c for a in SYLLABLES for b in SYLLABLES for c in ("", "n", "s", "ta")})[:600]
+
+
+def write_corpus(folder: Path, documents: int = 200, seed: int = 0, words: int = 60) -> Path:
+    """`documents` small text files of pseudo-sentences: enough documents that every split gets some."""
+    rng = random.Random(seed)
+    # A skewed word distribution, like real text: frequent words give the tokenizer merges to learn.
+    weights = [1 / (rank + 1) for rank in range(len(WORDS))]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(documents):
+        sentences = [" ".join(rng.choices(WORDS, weights, k=rng.randint(5, 12))).capitalize() + "."
+                     for _ in range(words // 8)]
+        (folder / f"doc{i:04d}.txt").write_text(f"Document {i}.\n" + " ".join(sentences) + "\n", encoding="utf-8")
+    return folder
+
+
+def tiny(tmp_path: Path, sources: list[dict], steps: int = 4) -> list[str]:
+    """Overrides that shrink any XLabModel recipe to seconds on a CPU."""
+    return [
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+        "--trainer.precision", "32-true", "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "2",
+        "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--model.init_args.n_layer", "1", "--model.init_args.n_head", "2", "--model.init_args.n_embd", "32",
+        "--model.init_args.max_len", "16", "--model.init_args.compile", "false",
+        "--data.init_args.sources", json.dumps(sources), "--data.init_args.vocab_size", "400",
+        "--data.init_args.cache_dir", str(tmp_path / "cache"), "--data.init_args.batch_size", "4",
+        "--data.init_args.num_workers", "0", "--data.init_args.max_documents", "null",
+    ]
+
+
+def load_script(name: str):
+    """A script as a module, wherever pytest runs from: "infer", "manage", "bench/memory_recall"."""
+    module_name = "xlab_script_" + name.replace("/", "_")
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def sharp_model(vocab_size: int = 48, max_len: int = 16, positions: str = "learned", seed: int = 0, **kwargs):
+    """A random XLabModel whose logits are far from uniform, so greedy choices are not near-ties
+    that rounding differences between equivalent computations could flip."""
+    from xlab.models import XLabModel
+
+    torch.manual_seed(seed)
+    model = XLabModel(vocab_size=vocab_size, max_len=max_len, n_layer=2, n_head=2, n_embd=32,
+                      positions=positions, **kwargs).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.mul_(8)
+    return model
+
+
+def retro_data(corpus_dir: Path, tmp_path: Path, **overrides):
+    """A RetroDataModule over the test corpus, prepared and set up for fit: chunks of 4, k=2."""
+    from xlab.datamodules.retro import RetroDataModule
+
+    settings = dict(sources=[{"kind": "text_folder", "path": str(corpus_dir)}], vocab_size=TOKENIZER_SIZE,
+                    max_len=16, chunk_size=4, k=2, batch_size=4, cache_dir=str(tmp_path / "cache"))
+    dm = RetroDataModule(**(settings | overrides))
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm

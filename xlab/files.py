@@ -1,0 +1,67 @@
+"""Writing files and folders so that nothing half-written is ever trusted.
+
+Every writer goes to a temporary name beside its target and renames it into place only once
+the content is complete: a crash, a full disk or a Ctrl-C leaves the old target (or nothing),
+never a truncated one that a later run would read as finished. The rename is atomic on POSIX
+because both names are on the same file system.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def aside(path: Path) -> Path:
+    """The temporary name a writer of `path` uses (one per process, so ranks never collide)."""
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+@contextmanager
+def written_aside_(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path to write `path`'s content to; renames it into place on success,
+    removes it on failure. Works for a file or a folder the caller creates at that path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = aside(path)
+    _remove(tmp)
+    try:
+        yield tmp
+        replace_(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def replace_(tmp: Path, path: Path) -> None:
+    """Move `tmp` onto `path`. A folder cannot be renamed onto a non-empty folder, so the old one
+    steps aside first and goes only after the new one is in place."""
+    if tmp.is_dir() and path.exists():
+        old = path.with_name(f"{path.name}.old-{os.getpid()}")
+        _remove(old)
+        path.rename(old)
+        tmp.rename(path)
+        _remove(old)
+    else:
+        os.replace(tmp, path)
+
+
+def write_text_(path: str | Path, text: str) -> Path:
+    with written_aside_(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes_(path: str | Path, data: bytes) -> Path:
+    with written_aside_(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
