@@ -134,11 +134,11 @@ def pick_device(choice: str) -> str:
 
 
 def enable_memory_writes(model) -> None:
-    if getattr(model, "memory", None) is None:
-        detail = "trained with use_memory: false" if hasattr(model, "set_generation_writes") else type(model).__name__
-        raise XLabError(f"--memory-writes needs a model with a memory, and this one has none ({detail}): "
-                        "drop the option or pass a MemoryGPT2 checkpoint.")
-    model.set_generation_writes(True)
+    try:
+        model.set_generation_writes(True)
+    except XLabError as error:
+        raise XLabError(f"--memory-writes needs a model with a memory, and this one has none ({error}): "
+                        "drop the option or pass a MemoryGPT2 checkpoint.") from None
 
 
 def merged_settings(loaded, args: argparse.Namespace):
@@ -198,7 +198,7 @@ def respond(loaded, settings, prompt: str, args: argparse.Namespace) -> None:
     ids = [tokenizer[tokenizer.sos_token], *tokenizer.encode(prompt)]
     inputs = torch.tensor(ids, device=model.device)
     printer = StreamPrinter(tokenizer.decode, settings.stop_strings, prompt) if args.stream else None
-    entries_before = memory_entries(model)
+    before = model.state_summary()
     began = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -212,18 +212,19 @@ def respond(loaded, settings, prompt: str, args: argparse.Namespace) -> None:
     else:
         print_samples(prompt, [tokenizer.decode(r) for r in results], settings.stop_strings)
     tokens = sum(len(r) for r in results)
-    memory = ""
-    if entries_before is not None:
-        entries = memory_entries(model)
-        memory = f"; memory {entries:,} entries ({entries - entries_before:+,})"
-    print(f"[{tokens} tokens in {seconds:.2f} s: {tokens / max(seconds, 1e-9):.1f} tokens/s{memory}]",
+    state = state_change(before, model.state_summary())
+    print(f"[{tokens} tokens in {seconds:.2f} s: {tokens / max(seconds, 1e-9):.1f} tokens/s{state}]",
           file=sys.stderr)
 
 
-def memory_entries(model) -> int | None:
-    """Entries in a MemoryGPT2's memory; None for models without one."""
-    memory = getattr(model, "memory", None)
-    return len(memory.memory) if memory is not None else None
+def state_change(before: dict[str, int], after: dict[str, int]) -> str:
+    """The model's state summary after sampling and its change, e.g. "; memory 9,551 entries (-211)"."""
+    parts = []
+    for key, value in after.items():
+        what, _, unit = key.rpartition("_")  # "memory_entries": memory ... entries
+        parts.append(f"{what or key} {value:,} {unit if what else ''}".rstrip()
+                     + f" ({value - before.get(key, 0):+,})")
+    return "".join(f"; {part}" for part in parts)
 
 
 def print_samples(prompt: str, continuations: list[str], stops: list[str]) -> None:
@@ -236,17 +237,21 @@ def print_samples(prompt: str, continuations: list[str], stops: list[str]) -> No
 
 
 class StreamPrinter:
-    """Prints the first sequence's text as tokens arrive.
+    """Prints the first sequence's text as tokens arrive, decoding only the new tokens.
 
-    Text is printed only once it is final: a trailing U+FFFD is a character whose bytes have not
-    all arrived, and the last len(stop) - 1 characters may still become a stop string, which is
-    not printed.
+    Each token's text is the decode of (the last token already shown + the tokens since) minus the
+    decode of that anchor: the anchor keeps what a tokenizer does at the start of a text (such as
+    dropping the leading space of sentencepiece's first piece) out of the new text. Text is final
+    only once it does not end in U+FFFD (a character whose bytes have not all arrived), and the last
+    len(stop) - 1 characters may still become a stop string, which is not printed.
     """
 
     def __init__(self, decode: Callable[[list[int]], str], stops: list[str], prompt: str):
         self.decode, self.stops = decode, stops
         self.hold = max((len(s) for s in stops), default=1) - 1
-        self.ids: list[int] = []
+        self.anchor: list[int] = []  # the last token whose text is in `self.text`
+        self.pending: list[int] = []  # tokens since, whose text is not complete yet
+        self.text = ""  # the new text so far (never the prompt)
         self.printed = 0
         self.stopped = False
         print(prompt, end="", flush=True)
@@ -254,27 +259,33 @@ class StreamPrinter:
     def __call__(self, sequence: int, token: int) -> None:
         if sequence != 0 or self.stopped:
             return
-        self.ids.append(token)
-        text = self.decode(self.ids)
-        if text.endswith("\ufffd"):
+        self.pending.append(token)
+        piece = self.decode(self.anchor + self.pending)[len(self.decode(self.anchor)):]
+        if piece.endswith("\ufffd"):
             return
-        from xlab.inference import cut_at_stop
-
-        final = cut_at_stop(text, self.stops)
-        self.stopped = len(final) < len(text)
-        self._emit(final if self.stopped else text[: len(text) - self.hold])
+        self.anchor, self.pending = self.pending[-1:], []
+        self.text += piece
+        self._show(final=False)
 
     def finish(self) -> None:
         if not self.stopped:
-            from xlab.inference import cut_at_stop
-
-            self._emit(cut_at_stop(self.decode(self.ids), self.stops))
+            if self.pending:  # an incomplete character at the very end: print what decode makes of it
+                self.text += self.decode(self.anchor + self.pending)[len(self.decode(self.anchor)):]
+            self._show(final=True)
         print(flush=True)
 
-    def _emit(self, text: str) -> None:
-        if len(text) > self.printed:
-            print(text[self.printed:], end="", flush=True)
-            self.printed = len(text)
+    def _show(self, final: bool) -> None:
+        from xlab.inference import cut_at_stop
+
+        # A stop string cannot start before `printed`: that text was held back long enough.
+        start = max(0, self.printed - self.hold)
+        window = self.text[start:]
+        cut = cut_at_stop(window, self.stops)
+        self.stopped = len(cut) < len(window)
+        end = start + len(cut) if self.stopped or final else len(self.text) - self.hold
+        if end > self.printed:
+            print(self.text[self.printed:end], end="", flush=True)
+            self.printed = end
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Usage:
     ./manage.py export-checkpoint CKPT [-o OUT] [--force] [--empty-memory]
     ./manage.py inspect CKPT_OR_EXPORT [--json]
     ./manage.py import-hf HF_DIR [-o OUT] [--tokenizer SPM_MODEL] [--force]
+    ./manage.py build-retrieval -c RECIPE.yaml [-o DIR] [--max-len N]
     ./manage.py COMMAND --help
 
 An export is a folder of safetensors weights, config.json, generation.json and the tokenizer:
@@ -69,8 +70,8 @@ def export_checkpoint(args: argparse.Namespace) -> int:
 
     out = export_checkpoint_(args.checkpoint, args.out, force=args.force, keep_memory=not args.empty_memory)
     before, after = describe(args.checkpoint)["file_bytes"], describe(out)
-    memory = f", {after['memory_entries']:,} memory entries" if "memory_entries" in after else ""
-    print(f"exported {args.checkpoint} -> {out} ({_megabytes(after['file_bytes'])}{memory}; "
+    state = "".join(f", {value:,} {what} {unit}".rstrip() for what, unit, value in _state(after))
+    print(f"exported {args.checkpoint} -> {out} ({_megabytes(after['file_bytes'])}{state}; "
           f"checkpoint {_megabytes(before)})")
     return 0
 
@@ -104,7 +105,7 @@ def inspect(args: argparse.Namespace) -> int:
     arg("--force", action="store_true", help="replace OUT if it exists and is not empty"),
 )
 def import_hf(args: argparse.Namespace) -> int:
-    from xlab.hf_gpt2 import import_hf_
+    from xlab.import_hf import import_hf_
 
     out = import_hf_(args.path, args.out, tokenizer=args.tokenizer, force=args.force)
     print(f"imported {args.path} -> {out}")
@@ -156,7 +157,7 @@ def format_facts(facts: dict[str, Any]) -> str:
         f"{facts['format']}: {facts['path']}",
         f"model: {facts['model']}",
         f"parameters: {facts['parameters']:,}",
-        *([f"memory: {facts['memory_entries']:,} entries"] if "memory_entries" in facts else []),
+        *(f"{what}: {value:,} {unit}".rstrip() for what, unit, value in _state(facts)),
         f"step: {_or_unknown(facts.get('global_step'))}   epoch: {_or_unknown(facts.get('epoch'))}",
         f"validation: {_validation(facts)}",
         f"tokenizer: {_or_unknown(facts.get('tokenizer_size'))} tokens"
@@ -168,6 +169,15 @@ def format_facts(facts: dict[str, Any]) -> str:
     if facts.get("generation"):
         lines += ["generation defaults:", *(f"  {k}: {v}" for k, v in facts["generation"].items())]
     return "\n".join(lines)
+
+
+def _state(facts: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """The model's state summary as (what, unit, count): "memory_entries" is memory ... entries."""
+    rows = []
+    for key, value in facts.get("state", {}).items():
+        what, _, unit = key.rpartition("_")
+        rows.append((what or key, unit if what else "", value))
+    return rows
 
 
 def _validation(facts: dict[str, Any]) -> str:

@@ -137,3 +137,32 @@ def test_corrupt_checkpoint_is_a_one_line_error(tmp_path, capsys):
         main(["validate", "--ckpt_path", str(bad)])
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "not a readable PyTorch checkpoint" in err and len(err.splitlines()) == 1
+
+
+def test_validate_reads_the_checkpoint_once(tmp_path, corpus_dir, monkeypatch):
+    args = tiny(tmp_path, [{"kind": "text_folder", "path": str(corpus_dir)}], steps=2)
+    main(["fit", "-c", str(CONF / "defaults.yaml"), *args])
+    ckpt = last_checkpoint(tmp_path)
+    reads = []
+    load = torch.load
+
+    def counting_load(f, *a, **kw):
+        if isinstance(f, (str, Path)) and Path(f).resolve() == ckpt.resolve():
+            reads.append(f)
+        return load(f, *a, **kw)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    cli = main(["validate", "--ckpt_path", str(ckpt), "--trainer.enable_progress_bar", "false",
+                "--trainer.callbacks", "[]", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])  # the weights were restored from it
+    assert len(reads) == 1
+
+
+def test_no_run_config_is_saved_without_a_logger(tmp_path, corpus_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where Lightning would put it: its log_dir falls back to the cwd
+    args = tiny(tmp_path, [{"kind": "text_folder", "path": str(corpus_dir)}], steps=2)
+    args = [a for a in args if "logger" not in a and a != str(tmp_path / "runs")]
+    cli = main(["fit", "-c", str(CONF / "defaults.yaml"), *args, "--trainer.logger", "false",
+                "--checkpoint.dirpath", str(tmp_path / "ckpts")])
+    assert cli.trainer.global_step == 2 and (tmp_path / "ckpts" / "last.ckpt").exists()
+    assert not list(tmp_path.rglob("config.yaml"))

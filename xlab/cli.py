@@ -4,7 +4,9 @@
     ./xlab.py validate|test|predict --ckpt_path CKPT [-c conf/x.yaml]
 
 Without `-c`, conf/defaults.yaml is used. With `--ckpt_path` and no `-c`, the model and the
-data settings come from the checkpoint itself, so evaluating a run needs nothing else.
+data settings come from the checkpoint itself, so evaluating a run needs nothing else. The
+checkpoint is read once per run: the check of the file, the settings and the Trainer's restore
+share one `read_checkpoint`.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from xlab.callbacks import DocumentScoreWriter, RunSummary, XLabCheckpoint
+from xlab.checkpoint import read_checkpoint
 from xlab.cli_errors import XLabArgumentParser
 from xlab.datamodules import XLabDataModule
 from xlab.errors import XLabError, exit_with
@@ -36,7 +39,54 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "defaults.yam
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
+class CheckpointReads:
+    """Checkpoints read in this run, by path, until the Trainer takes them for its restore."""
+
+    def __init__(self):
+        self._read: dict[Path, dict[str, Any]] = {}
+
+    def read(self, path: str | Path) -> dict[str, Any]:
+        key = Path(path).resolve()
+        if key not in self._read:
+            self._read[key] = read_checkpoint(key)
+        return self._read[key]
+
+    def take(self, path: str | Path) -> dict[str, Any] | None:
+        """The dict read for `path`, handed over once (the Trainer's restore may change it)."""
+        return self._read.pop(Path(path).resolve(), None)
+
+
+class ReadOnceCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, answering a restore from the dict the CLI has read already."""
+
+    def __init__(self, reads: CheckpointReads):
+        super().__init__()
+        self.reads = reads
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        # Both load on the CPU; weights_only=True has already refused pickled code.
+        taken = self.reads.take(path) if isinstance(path, (str, Path)) else None
+        if taken is not None:
+            return taken
+        return super().load_checkpoint(path, **({} if map_location is None else {"map_location": map_location}),
+                                       weights_only=weights_only)
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Saves the run's config.yaml in the logger's folder. Without a logger a run has no folder
+    (Lightning would fall back to the working directory), so no config is written."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.logger is None:
+            self.save_to_log_dir = False
+        super().setup(trainer, pl_module, stage)
+
+
 class XLabCLI(LightningCLI):
+    def __init__(self, *args: Any, checkpoint_reads: CheckpointReads | None = None, **kwargs: Any):
+        self.checkpoint_reads = checkpoint_reads or CheckpointReads()
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(XLabCheckpoint, "checkpoint")
         parser.add_lightning_class_args(DocumentScoreWriter, "predictions")
@@ -61,21 +111,34 @@ class XLabCLI(LightningCLI):
         listed = [*(config.get("callbacks") or []), *callbacks]
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in listed):
             callbacks = [*callbacks, RichProgressBar()]
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the run configured
+            trainer.strategy.checkpoint_io = ReadOnceCheckpointIO(self.checkpoint_reads)
+        return trainer
 
     def parse_arguments(self, parser, args) -> None:
         self._given_args = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
-        super()._parse_ckpt_path()  # the model's settings from the checkpoint
+        """The model's settings (and, without `-c`, the data's) from the checkpoint: Lightning's
+        own version of this reads the file again."""
         subcommand = self.config.get("subcommand")
-        if not subcommand or self.config[subcommand].get("config"):
-            return  # an explicit config decides the data (e.g. evaluating on another corpus)
+        if not subcommand:
+            return
         ckpt_path = self.config[subcommand].get("ckpt_path")
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        data = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("datamodule_hyper_parameters")
+        ckpt = self.checkpoint_reads.read(ckpt_path)
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if hparams:
+            if "_class_path" in hparams:
+                hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        if self.config[subcommand].get("config"):
+            return  # an explicit config decides the data (e.g. evaluating on another corpus)
+        data = ckpt.get("datamodule_hyper_parameters")
         if data and "_class_path" in data:
             # Settings given on the command line (an eval_batch_size, another cache_dir) still win.
             current = self.config[subcommand].data.init_args
@@ -99,8 +162,9 @@ def _data_keys_given(argv: list[str]) -> set[str]:
 def main(args: list[str] | None = None) -> XLabCLI | None:
     """Run the CLI on `args` (default: the command line); tests call this in-process."""
     argv = sys.argv[1:] if args is None else list(args)
+    reads = CheckpointReads()
     try:
-        check_arguments(argv)
+        check_arguments(argv, reads)
         uses_config = any(a in ("-c", "--config") or a.startswith("--config=") for a in argv)
         defaults = {} if uses_config else {"default_config_files": [str(DEFAULT_CONFIG)]}
         return XLabCLI(
@@ -113,19 +177,19 @@ def main(args: list[str] | None = None) -> XLabCLI | None:
             parser_class=XLabArgumentParser,
             trainer_defaults={"callbacks": [RunSummary()]},
             parser_kwargs={name: defaults for name in SUBCOMMANDS},
+            save_config_callback=RunConfigSaver,
             save_config_kwargs={"overwrite": True},
+            checkpoint_reads=reads,
         )
     except (XLabError, MisconfigurationException) as error:
         exit_with(error)
 
 
-def check_arguments(argv: list[str]) -> None:
+def check_arguments(argv: list[str], reads: CheckpointReads) -> None:
     """Catch a missing or unreadable checkpoint before Lightning turns it into a traceback."""
     ckpt = _value_of(argv, "--ckpt_path")
     if ckpt is not None and ckpt not in ("last", "best", "hpc", "registry"):
-        from xlab.export import read_checkpoint
-
-        read_checkpoint(ckpt)
+        reads.read(ckpt)
 
 
 def _value_of(argv: list[str], flag: str) -> Any:

@@ -4,9 +4,9 @@ XLabModel configured as GPT-2 (learned positions, pre-LayerNorm, tanh GELU, bias
 the same parameter names as `GPT2LMHeadModel`; only the layout of the four projection matrices
 differs: GPT-2's Conv1D stores (in, out), our nn.Linear stores (out, in).
 
-Imported GPT-2 models keep their own byte-level BPE tokenizer: an export stores the Hugging Face
-tokenizer files and `HFTokenizer` gives them the encode / decode / [] interface of our sentencepiece
-`Tokenizer`, so sampling and `infer.py` work the same on both. Retokenising GPT-2 with sentencepiece
+Imported GPT-2 models (`xlab.import_hf`) keep their own byte-level BPE tokenizer: an export stores
+the Hugging Face tokenizer files and `HFTokenizer` gives them the encode / decode / [] interface of
+our sentencepiece `Tokenizer`, so sampling and `infer.py` work the same on both. Retokenising GPT-2 with sentencepiece
 would silently change what every id means, so it is not offered.
 """
 
@@ -170,33 +170,3 @@ class HFTokenizer:
             ids = ids.tolist()
         # No clean-up: it rewrites spaces before punctuation and breaks the round trip.
         return self._tok.decode([int(i) for i in ids], clean_up_tokenization_spaces=False)
-
-
-def import_hf_(path: str | Path, out: str | Path | None = None, tokenizer: str | Path | None = None,
-               force: bool = False) -> Path:
-    """Write a local transformers GPT-2 directory as an XLab export; returns the export folder.
-
-    The tokenizer is the directory's own Hugging Face tokenizer, or the sentencepiece model given
-    as `tokenizer` (for GPT-2-shaped models trained on our tokenizer); its size must match the model.
-    """
-    from xlab.datamodules import Tokenizer
-    from xlab.export import write_export_
-
-    path = Path(path)
-    hf_model = load_gpt2(path)
-    model = xlab_from_gpt2(hf_model)
-    if tokenizer is not None:
-        spm = Tokenizer.load(tokenizer)
-        files, kind, size = {"tokenizer.model": spm.to_bytes()}, "sentencepiece", len(spm)
-    else:
-        files = hf_tokenizer_files(path)
-        if not files:
-            raise XLabError(f"{path} has no tokenizer files (tokenizer.json, or vocab.json and merges.txt): "
-                            "copy them there or pass --tokenizer with a sentencepiece model.")
-        kind, size = "huggingface", None
-    if size is not None and size > model.hparams.vocab_size:
-        raise XLabError(f"the tokenizer has {size} tokens but the model only {model.hparams.vocab_size}: "
-                        "pass the tokenizer the model was trained with.")
-    out = Path(out) if out is not None else path.parent / f"{path.name}-xlab"
-    return write_export_(out, model, tokenizer_files=files, tokenizer_kind=kind,
-                         training={"imported_from": str(path.resolve())}, force=force)

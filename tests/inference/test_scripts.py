@@ -98,14 +98,171 @@ def test_infer_stream_prints_the_same_text(infer, tiny_export, capsys):
     assert capsys.readouterr().out == plain
 
 
-def test_infer_samples_beams_and_constraints(infer, tiny_export, capsys):
-    infer.main([str(tiny_export), "rain", "--limit", "6", "--num-samples", "3", "--top-k", "20", "--top-p", "0.9",
-                "--temperature", "0.8", "--repetition-penalty", "1.2", "--no-repeat-ngram", "2", "--seed", "1"])
-    assert capsys.readouterr().out.count("--- sample") == 3
-    infer.main([str(tiny_export), "rain", "--limit", "6", "--beams", "3", "--num-samples", "2",
-                "--length-penalty", "0.5", "--early-stopping", "true", "--min-length", "2", "--exclude", "<unk>",
-                "--block-size", "16", "--slide-keep", "0.5"])
-    assert capsys.readouterr().out.count("--- sample") == 2
+def said(infer, capsys, export, prompt: str, *options: str) -> str:
+    """What infer.py prints for `prompt`, without the prompt and the final newline."""
+    assert infer.main([str(export), prompt, *options]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(prompt) and out.endswith("\n")
+    return out[len(prompt):-1]
+
+
+def reference(export, prompt: str, beam: bool = False, **settings) -> list[list[int]]:
+    """The library's tokens for the same request: the export's defaults with `settings` over them."""
+    from dataclasses import replace
+
+    from xlab.export import load
+
+    loaded = load(export)
+    tokenizer = loaded.tokenizer
+    inputs = torch.tensor([tokenizer[tokenizer.sos_token], *tokenizer.encode(prompt)])
+    seed = settings.pop("seed", None)
+    chosen = replace(loaded.generation, **settings)
+    rows = inference.generate(loaded.model, [inputs], chosen, decode=tokenizer.decode, seed=seed, beam=beam or None)
+    return [row.tolist() for row in rows[0]]
+
+
+def greedy_by_hand(export, prompt: str, limit: int) -> list[int]:
+    """Argmax decoding by full recomputation, the slow obvious way (no cache, no processors)."""
+    from xlab.export import load
+
+    loaded = load(export)
+    tokenizer, model = loaded.tokenizer, loaded.model
+    ids = [tokenizer[tokenizer.sos_token], *tokenizer.encode(prompt)]
+    new = []
+    with torch.no_grad():
+        for _ in range(limit):
+            token = int(model(torch.tensor([ids[-model.hparams.max_len:]]))[0, -1].argmax())
+            if token == tokenizer.eos_id:
+                break
+            ids.append(token)
+            new.append(token)
+    return new
+
+
+def decoded(export, tokens: list[int]) -> str:
+    from xlab.export import load
+
+    return load(export).tokenizer.decode(tokens)
+
+
+def has_repeated(tokens: list[int], n: int) -> bool:
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_greedy_top_k_1_tiny_top_p_and_temperature_0_are_argmax_decoding(infer, tiny_export, capsys):
+    expected = decoded(tiny_export, greedy_by_hand(tiny_export, "the cat", 10))
+    for options in (["--greedy"], ["--temperature", "0"], ["--top-k", "1", "--seed", "5"],
+                    ["--top-p", "0.001", "--seed", "6"]):
+        assert said(infer, capsys, tiny_export, "the cat", "--limit", "10", *options) == expected, options
+
+
+def test_limit_and_seed(infer, tiny_export, capsys):
+    long = said(infer, capsys, tiny_export, "a", "--limit", "12", "--greedy")
+    short = said(infer, capsys, tiny_export, "a", "--limit", "4", "--greedy")
+    assert long.startswith(short) and len(short) < len(long)
+    assert len(reference(tiny_export, "a", output_length=4, temperature=0.0)[0]) == 4
+    first = said(infer, capsys, tiny_export, "a", "--limit", "12", "--seed", "1")
+    assert said(infer, capsys, tiny_export, "a", "--limit", "12", "--seed", "1") == first
+    assert said(infer, capsys, tiny_export, "a", "--limit", "12", "--seed", "2") != first
+    assert first == decoded(tiny_export, reference(tiny_export, "a", output_length=12, seed=1)[0])
+
+
+def test_num_samples_prints_each_sample(infer, tiny_export, capsys):
+    assert infer.main([str(tiny_export), "rain", "--limit", "6", "--num-samples", "3", "--seed", "1",
+                       "--top-k", "20", "--temperature", "0.8"]) == 0
+    out = capsys.readouterr().out
+    samples = [part.split("\n", 1)[1].rstrip("\n") for part in out.split("--- sample ")[1:]]
+    expected = reference(tiny_export, "rain", output_length=6, num_samples=3, seed=1, top_k=20, temperature=0.8)
+    assert samples == ["rain" + decoded(tiny_export, tokens) for tokens in expected]
+    assert [f"{i} of 3 ---" in out for i in (1, 2, 3)] == [True] * 3
+
+
+def test_exclude_never_emits_the_token(infer, tiny_export, capsys):
+    from xlab.export import load
+
+    greedy = greedy_by_hand(tiny_export, "the cat", 10)
+    banned = greedy[0]
+    piece = load(tiny_export).tokenizer.id_to_piece(banned)
+    tokens = reference(tiny_export, "the cat", output_length=10, temperature=0.0, exclude_tokens=[banned])[0]
+    assert banned not in tokens and tokens[0] != banned
+    for token in (str(banned), piece):  # by id and by piece
+        assert said(infer, capsys, tiny_export, "the cat", "--limit", "10", "--greedy", "--exclude", token) \
+            == decoded(tiny_export, tokens)
+
+
+def test_repetition_controls_remove_repeats(infer, tiny_export, capsys):
+    plain = reference(tiny_export, "the", output_length=24, temperature=0.0)[0]
+    assert has_repeated(plain, 2)  # the tiny model repeats itself when greedy
+    tokens = reference(tiny_export, "the", output_length=24, temperature=0.0, no_repeat_ngram_size=2)[0]
+    assert not has_repeated(tokens, 2)
+    assert said(infer, capsys, tiny_export, "the", "--limit", "24", "--greedy", "--no-repeat-ngram", "2") \
+        == decoded(tiny_export, tokens)
+    penalised = reference(tiny_export, "the", output_length=24, temperature=0.0, repetition_penalty=5.0)[0]
+    assert len(set(penalised)) > len(set(plain))
+    assert said(infer, capsys, tiny_export, "the", "--limit", "24", "--greedy", "--repetition-penalty", "5") \
+        == decoded(tiny_export, penalised)
+
+
+def test_min_length_delays_the_end_token(infer, tiny_export, capsys):
+    from xlab.export import load
+
+    eos = load(tiny_export).tokenizer.eos_id
+    # Everything but the end token and one other is forbidden, so the text is that token repeated.
+    vocab = load(tiny_export).model.hparams.vocab_size
+    keep = greedy_by_hand(tiny_export, "the", 1)[0]
+    banned = [t for t in range(vocab) if t not in (eos, keep)]
+    held = reference(tiny_export, "the", output_length=12, temperature=0.0, exclude_tokens=banned, min_length=5)[0]
+    assert len(held) >= 5 and set(held) == {keep}  # the end token waited for five new tokens
+    assert said(infer, capsys, tiny_export, "the", "--limit", "12", "--greedy", "--min-length", "5") \
+        == decoded(tiny_export, reference(tiny_export, "the", output_length=12, temperature=0.0, min_length=5)[0])
+
+
+def test_beams_are_the_library_beam_search(infer, tiny_export, capsys):
+    assert infer.main([str(tiny_export), "rain", "--limit", "6", "--beams", "3", "--num-samples", "2",
+                       "--length-penalty", "0.5", "--early-stopping", "true"]) == 0
+    out = capsys.readouterr().out
+    samples = [part.split("\n", 1)[1].rstrip("\n") for part in out.split("--- sample ")[1:]]
+    from xlab.export import load
+
+    loaded = load(tiny_export)
+    tokenizer = loaded.tokenizer
+    inputs = torch.tensor([tokenizer[tokenizer.sos_token], *tokenizer.encode("rain")])
+    best = inference.beam_search(loaded.model, inputs, output_length=6, block_size=32, eos_class=tokenizer.eos_id,
+                                 num_beams=3, length_penalty=0.5, early_stopping=True, num_return=2)
+    assert samples == ["rain" + tokenizer.decode(tokens) for tokens in best]
+
+
+def test_block_size_and_slide_keep_reach_the_sampler(infer, tiny_export, capsys):
+    text = said(infer, capsys, tiny_export, "the cat sat", "--limit", "30", "--greedy", "--block-size", "8",
+                "--slide-keep", "0.5")
+    tokens = reference(tiny_export, "the cat sat", output_length=30, temperature=0.0, block_size=8, slide_keep=0.5)[0]
+    assert text == decoded(tiny_export, tokens)
+    assert tokens != reference(tiny_export, "the cat sat", output_length=30, temperature=0.0)[0]
+
+
+@pytest.mark.parametrize("stops", [[], ["ka"], ["\u65e5\u672c", "zz"]])
+def test_stream_printer_decodes_only_new_tokens_and_prints_the_same_text(infer, tiny_export, capsys, stops):
+    from xlab.export import load
+    from xlab.inference import cut_at_stop
+
+    tokenizer = load(tiny_export).tokenizer
+    text = "Document 3. Kalomi n\u00e9e \u65e5\u672c\u8a9e kaloshi done"  # multi-byte characters: byte pieces
+    ids = tokenizer.encode(text)
+    assert any(tokenizer.id_to_piece(i).startswith("<0x") for i in ids)
+    lengths = []
+
+    def decode(tokens):
+        lengths.append(len(tokens))
+        return tokenizer.decode(tokens)
+
+    printer = infer.StreamPrinter(decode, stops, "P:")
+    for token in ids:
+        printer(0, token)
+        printer(1, token)  # other sequences are not shown
+    printer.finish()
+    assert capsys.readouterr().out == "P:" + cut_at_stop(tokenizer.decode(ids), stops) + "\n"
+    assert max(lengths) <= 5  # the anchor and the bytes of one character, never the whole text
 
 
 def test_infer_reads_stdin_and_cuts_at_stop_strings(infer, tiny_export, capsys, monkeypatch):

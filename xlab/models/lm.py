@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from xlab.checkpoint import MODEL_CLASS_RECORD, STATE_SUMMARY_RECORD, check_saved_class, read_checkpoint
 from xlab.datamodules.datasets import IGNORE_INDEX
 from xlab.errors import XLabError
 from xlab.models.metrics import LanguageModelMetrics
@@ -140,6 +141,7 @@ class LanguageModel(L.LightningModule):
         return {"doc_index": batch["doc_index"].cpu(), "nll_sum": nll.sum(1).cpu(),
                 "tokens": (labels != IGNORE_INDEX).sum(1).cpu(), "num_bytes": batch["num_bytes"].cpu()}
 
+    # --- checkpoints and the state beyond the weights -----------------------------------------
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
         """Lightning's loader, after checking the checkpoint holds this kind of model.
@@ -147,17 +149,36 @@ class LanguageModel(L.LightningModule):
         Without the check, an XLabModel asked to load a MemoryGPT2 checkpoint fails deep inside
         `__init__` or `load_state_dict` with a message about keyword arguments or tensor shapes.
         """
-        from xlab.export import model_class, read_checkpoint, saved_class_path
-
-        model_class(saved_class_path(read_checkpoint(checkpoint_path)), expected=cls)
+        check_saved_class(read_checkpoint(checkpoint_path), cls)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        from xlab.export import MODEL_CLASS_RECORD
-
         # LightningCLI puts the class path in the hparams; a model built in Python would leave
-        # loaders guessing its kind.
+        # loaders guessing its kind. The summary lets `manage.py inspect` report the state
+        # without building the model.
         checkpoint[MODEL_CLASS_RECORD] = f"{type(self).__module__}.{type(self).__name__}"
+        checkpoint[STATE_SUMMARY_RECORD] = self.state_summary()
+
+    def state_summary(self) -> dict[str, int]:
+        """Counts that describe the model's state beyond its weights (e.g. memory entries);
+        shown by `manage.py inspect` and `infer.py`. A plain network has none."""
+        return {}
+
+    def clear_state(self) -> None:
+        """Empty the state beyond the weights (what an export with `--empty-memory` leaves out)."""
+
+    def set_generation_writes(self, enabled: bool) -> None:
+        """Whether sampling may change the model's state; models that have such state override."""
+        raise XLabError(f"{type(self).__name__} has no state that sampling can write")
+
+    def sampling_resources(self) -> dict[str, str]:
+        """Folders the model recorded that sampling should open for it, {kind: path} (RetroModel:
+        its retrieval database); `xlab.inference` opens them and hands them to
+        `attach_sampling_resource`. None by default."""
+        return {}
+
+    def attach_sampling_resource(self, kind: str, resource) -> None:
+        raise XLabError(f"{type(self).__name__} takes no {kind} for sampling.")
 
     # --- optimisation -----------------------------------------------------------------------
     def parameter_groups(self, weight_decay: float) -> list[dict]:

@@ -186,6 +186,8 @@ class MemoryGPT2(LanguageModel):
         """Whether passes with a KV cache (sampling) also write to and delete from the memory.
         Off by default: sampling reads the checkpoint's memory and leaves it as it was. Passes
         without a cache (training, evaluation) always write."""
+        if enabled and self.memory is None:
+            raise XLabError("trained with use_memory: false")
         self._generation_writes = bool(enabled)
 
     def memory_digest(self) -> str:
@@ -386,3 +388,11 @@ class MemoryGPT2(LanguageModel):
 
     def on_predict_epoch_end(self) -> None:
         self._put_back()
+
+    # --- the state beyond the weights (LanguageModel's hooks) ---------------------------------------
+    def state_summary(self) -> dict[str, int]:
+        return {"memory_entries": len(self.memory.memory)} if self.memory is not None else {}
+
+    def clear_state(self) -> None:
+        if self.memory is not None:
+            self.memory.reset()

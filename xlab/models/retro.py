@@ -24,7 +24,6 @@ by itself at chunk boundaries from the database set with `set_database` (see `Re
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -246,15 +245,21 @@ class RetroModel(LanguageModel):
 
     # --- generation: retrieval at chunk boundaries --------------------------------------------
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> RetroCache:
-        """An empty cache; the first one opens the training database recorded in the checkpoint,
-        if `set_database` was not called and it still exists (else decoding runs without retrieval)."""
+        """An empty cache; decoding retrieves from the database given to `set_database`, if any."""
         hp = self.hparams
-        if self.database is None and self.database_dir and (Path(self.database_dir) / "manifest.json").is_file():
-            from xlab.retrieval import RetrievalDatabase
-
-            self.set_database(RetrievalDatabase(self.database_dir))
         return RetroCache(hp.n_layer, batch_size, hp.n_head, max_len or hp.max_len, hp.n_embd // hp.n_head,
                           hp.n_embd, device=self.device, dtype=dtype or self.lm_head.weight.dtype)
+
+    def sampling_resources(self) -> dict[str, str]:
+        """The training database recorded in the checkpoint, until a database is set."""
+        if self.database is None and self.database_dir:
+            return {"retrieval_database": self.database_dir}
+        return {}
+
+    def attach_sampling_resource(self, kind: str, resource) -> None:
+        if kind != "retrieval_database":
+            super().attach_sampling_resource(kind, resource)
+        self.set_database(resource)
 
     def set_database(self, database, force: bool | None = None) -> None:
         """Retrieve from `database` (a RetrievalDatabase) when decoding with a cache; refuse one

@@ -139,7 +139,7 @@ def test_import_hf_writes_an_export_with_the_gpt2_tokenizer(tmp_path):
 def test_import_hf_needs_tokenizer_files_or_a_sentencepiece_model(tmp_path):
     hf = transformers.GPT2LMHeadModel(gpt2_config())
     hf.save_pretrained(tmp_path / "bare")
-    from xlab.hf_gpt2 import import_hf_
+    from xlab.import_hf import import_hf_
 
     with pytest.raises(XLabError, match="no tokenizer files"):
         import_hf_(tmp_path / "bare", tmp_path / "out")
@@ -150,7 +150,7 @@ def test_import_hf_needs_tokenizer_files_or_a_sentencepiece_model(tmp_path):
 def test_import_hf_with_a_sentencepiece_tokenizer(tmp_path, tiny_export):
     from xlab.datamodules import Tokenizer
     from xlab.export import load
-    from xlab.hf_gpt2 import import_hf_
+    from xlab.import_hf import import_hf_
 
     spm = tiny_export / "tokenizer.model"
     transformers.GPT2LMHeadModel(gpt2_config()).save_pretrained(tmp_path / "small")
