@@ -223,7 +223,7 @@ def respond(loaded, settings, prompt: str, args: argparse.Namespace) -> None:
 def memory_entries(model) -> int | None:
     """Entries in a MemoryGPT2's memory; None for models without one."""
     memory = getattr(model, "memory", None)
-    return len(memory.memory) if memory is not None else None
+    return len(memory.entries) if memory is not None else None
 
 
 def print_samples(prompt: str, continuations: list[str], stops: list[str]) -> None:
