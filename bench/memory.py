@@ -90,13 +90,13 @@ def bench_training(args) -> None:
         optimizer.step()
 
     # Fill the memory first, so the timed steps search a realistic number of entries.
-    while len(models[True].memory.memory) < args.entries // 2:
+    while len(models[True].memory.entries) < args.entries // 2:
         step(True)
     times = interleaved({"on": lambda: step(True), "off": lambda: step(False)}, args.repeats)
     tokens = args.batch_size * args.max_len
     on, off = tokens / times["on"], tokens / times["off"]
     print(f"training {args.n_layer} layers x {args.n_embd}, {args.batch_size} x {args.max_len} tokens, "
-          f"memory of {len(models[True].memory.memory)} entries: memory on {on:,.0f} tok/s, off {off:,.0f} tok/s, "
+          f"memory of {len(models[True].memory.entries)} entries: memory on {on:,.0f} tok/s, off {off:,.0f} tok/s, "
           f"on/off {on / off:.3f}")
 
 

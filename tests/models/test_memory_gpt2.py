@@ -38,7 +38,7 @@ def tokens(batch: int = 2, length: int = 16, seed: int = 0) -> torch.Tensor:
 
 
 def size(model: MemoryGPT2) -> int:
-    return len(model.memory.memory)
+    return len(model.memory.entries)
 
 
 # --- reading, writing, deciding ------------------------------------------------------------------
@@ -95,9 +95,9 @@ def test_delete_votes_remove_what_was_read():
     read = model.memory.pending.ids
     model(tokens(seed=1))
     assert model.telemetry["delete_rate"] == 1.0
-    found = model.memory.memory.search(torch.zeros(1, model.access.memory_dim), k=1)  # non-empty memory still works
+    found = model.memory.entries.search(torch.zeros(1, model.access.memory_dim), k=1)  # non-empty memory still works
     assert found.mask.any()
-    remaining = set(model.memory.memory.state_dict()["ids"].tolist())
+    remaining = set(model.memory.entries.state_dict()["ids"].tolist())
     assert not remaining & set(read.tolist()) and stored > 0
 
 
@@ -343,8 +343,8 @@ class MemoryDigest(L.Callback):
         self.folder = folder
 
     def on_train_end(self, trainer, pl_module) -> None:
-        record = {"digest": pl_module.memory_digest(), "size": len(pl_module.memory.memory),
-                  "adds": pl_module.memory.memory.stats()["adds"]}
+        record = {"digest": pl_module.memory_digest(), "size": len(pl_module.memory.entries),
+                  "adds": pl_module.memory.entries.stats()["adds"]}
         Path(self.folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 

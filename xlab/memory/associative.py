@@ -7,8 +7,6 @@ the caller can score them differentiably against its own queries.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 
 from xlab.errors import XLabError
 from xlab.memory import indexes
+from xlab.memory.checks import check_choice, check_float, check_int
 
 EVICTIONS = ("lowest_weight", "oldest")
 DEVICES = ("auto", "cpu", "cuda")
@@ -83,32 +82,32 @@ class AssociativeMemory:
         train_multiple: int = indexes.POINTS_PER_CENTROID,
         device: str = "auto",
     ) -> None:
-        self.capacity = _check_int("memory_size", memory_size, 1)
-        self.dim = _check_int("memory_dim", memory_dim, 1)
-        self.num_search_results = _check_int("num_search_results", num_search_results, 1)
-        self.forgetfulness_factor = _check_float("forgetfulness_factor", forgetfulness_factor)
+        self.capacity = check_int("memory_size", memory_size, 1)
+        self.dim = check_int("memory_dim", memory_dim, 1)
+        self.num_search_results = check_int("num_search_results", num_search_results, 1)
+        self.forgetfulness_factor = check_float("forgetfulness_factor", forgetfulness_factor)
         if not 0.0 <= self.forgetfulness_factor < 1.0:
             raise XLabError(f"forgetfulness_factor must be in [0, 1), got {forgetfulness_factor}")
-        self.min_weight = _check_float("min_weight", min_weight)
+        self.min_weight = check_float("min_weight", min_weight)
         if self.min_weight < 0.0:
             raise XLabError(f"min_weight must be >= 0, got {min_weight}")
-        self.tombstone_fraction = _check_float("tombstone_fraction", tombstone_fraction)
+        self.tombstone_fraction = check_float("tombstone_fraction", tombstone_fraction)
         if not 0.0 < self.tombstone_fraction <= 1.0:
             raise XLabError(f"tombstone_fraction must be in (0, 1], got {tombstone_fraction}")
-        self.metric = _check_choice("metric", metric, tuple(indexes.METRICS))
-        self.eviction = _check_choice("eviction", eviction, EVICTIONS)
+        self.metric = check_choice("metric", metric, tuple(indexes.METRICS))
+        self.eviction = check_choice("eviction", eviction, EVICTIONS)
         if not isinstance(index_type, str) or not index_type.strip():
             raise XLabError(f"index_type must be a non-empty string, got {index_type!r}")
         self.index_type = index_type.strip()
         self._index_args = dict(
             dim=self.dim, metric=self.metric, capacity=self.capacity,
-            num_clusters=_check_int("num_clusters", num_clusters, 1),
-            nprobe=_check_int("nprobe", nprobe, 1),
-            hnsw_m=_check_int("hnsw_m", hnsw_m, 1),
-            hnsw_ef_search=_check_int("hnsw_ef_search", hnsw_ef_search, 1),
+            num_clusters=check_int("num_clusters", num_clusters, 1),
+            nprobe=check_int("nprobe", nprobe, 1),
+            hnsw_m=check_int("hnsw_m", hnsw_m, 1),
+            hnsw_ef_search=check_int("hnsw_ef_search", hnsw_ef_search, 1),
         )
-        self._train_multiple = _check_int("train_multiple", train_multiple, 1)
-        self._gpu = indexes.GpuSearcher(_check_choice("device", device, DEVICES))
+        self._train_multiple = check_int("train_multiple", train_multiple, 1)
+        self._gpu = indexes.GpuSearcher(check_choice("device", device, DEVICES))
         self._next_id = 0
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._clear()
@@ -170,7 +169,7 @@ class AssociativeMemory:
     def search(self, queries: torch.Tensor, k: int | None = None) -> MemoryReadout:
         """The k nearest stored entries for each query (B, D), best first."""
         q = self._as_matrix(queries, "queries")
-        k = self.num_search_results if k is None else _check_int("k", k, 1)
+        k = self.num_search_results if k is None else check_int("k", k, 1)
         self._counters["searches"] += len(q)
         labels, scores, slots, valid = self._select(q, k)
         vectors = self._vectors[slots]
@@ -417,24 +416,6 @@ class AssociativeMemory:
         if len(w) != n or not np.isfinite(w).all() or (w < 0).any():
             raise XLabError(f"weights must be {n} finite values >= 0, one per vector")
         return w
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise XLabError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_float(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise XLabError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise XLabError(f"unknown {name} {value!r}: use one of {', '.join(choices)}")
-    return value
 
 
 def _padded(rows: int, k: int):

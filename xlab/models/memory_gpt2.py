@@ -1,24 +1,27 @@
 """MemoryGPT2: GPT-2 reading from and writing to a FAISS associative memory (VardaGPT, done properly).
 
-For every token the memory is searched with a learned query of the token (see `memory_layers`
-for what an entry holds and why); the top-k entries are scored again in torch (so the read is
-differentiable with respect to the query and every map), attended over together with a "read
-nothing" slot, and the result is added to the token's embedding before the GPT-2 blocks from
-`transformers` run. After the forward pass the final hidden states decide what is written:
+For every token the memory is searched with a learned query of the token; the top-k entries are
+scored again in torch (so the read is differentiable with respect to the query and every map),
+attended over together with a "read nothing" slot, and the result is added to the token's
+embedding before the GPT-2 blocks from `transformers` run. After the forward pass the final
+hidden states decide what is written:
 
-* store: every token proposes an entry (see `memory_layers` for its layout); a store gate on the
-  entry decides, sampled during training so that rarely stored kinds of entries still get tried,
-  thresholded at 0.5 otherwise. The same gate weights retrieved entries when they are read, so
-  entries that reading finds useful raise the gate for their kind, and `store_cost` charges for
-  every proposal.
+* store: every token proposes an entry; a store gate on the entry decides, sampled during
+  training so that rarely stored kinds of entries still get tried, thresholded at 0.5
+  otherwise. The same gate weights retrieved entries when they are read, so entries that
+  reading finds useful raise the gate for their kind, and `store_cost` charges for every proposal.
 * delete: the tokens that read an entry vote on it from their final hidden states. The vote
   is acted on one forward pass later; until then it weights reads of that entry, so keeping an
   entry that the next pass reads usefully lowers the loss, and `keep_cost` rewards deleting
   entries nothing reads. Votes above 0.5 remove their entries.
 
-Writes and removals are all-gathered across DDP ranks and applied in rank order, so every rank
-holds the same memory. The memory travels in checkpoints as extra state (tensors only) and in
-exports as safetensors (`manage.py export-checkpoint`).
+An entry holds a fixed address of the token before and the token's embedding and final hidden
+state; `memory_access` says why, and holds every learned map between the transformer and the memory.
+
+The file reads in that order: what a read returns, the model, and the KV cache it hands the
+sampler (`MemoryCache`). The memory itself, its waiting votes and open documents belong to
+`xlab.memory.MemoryStore`, which keeps every DDP rank's copy identical and travels in
+checkpoints as extra state (tensors only) and in exports as safetensors (`manage.py export-checkpoint`).
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from transformers import GPT2Config, GPT2Model
+from transformers import DynamicCache, GPT2Config, GPT2Model
 
 from xlab.errors import XLabError
+from xlab.memory import MemoryStore, PendingDeletes
 from xlab.models.lm import LanguageModel
-from xlab.models.memory_layers import MemoryAccess, MemoryCache, MemoryStore, PendingDeletes
-
+from xlab.models.memory_access import MemoryAccess
 
 # A token votes on an entry only if it gave the entry at least this weight when reading.
 VOTE_THRESHOLD = 0.1
@@ -182,14 +185,6 @@ class MemoryGPT2(LanguageModel):
         """An empty KV cache for `batch_size` sequences (dtype follows the weights)."""
         return MemoryCache(self.transformer.config, batch_size, max_len or self.hparams.max_len, self.device)
 
-    def set_generation_writes(self, enabled: bool) -> None:
-        """Whether passes with a KV cache (sampling) also write to and delete from the memory.
-        Off by default: sampling reads the checkpoint's memory and leaves it as it was. Passes
-        without a cache (training, evaluation) always write."""
-        if enabled and self.memory is None:
-            raise XLabError("trained with use_memory: false")
-        self._generation_writes = bool(enabled)
-
     def memory_digest(self) -> str:
         """Fingerprint of the stored entries ("" without a memory): equal when two memories are."""
         return self.memory.digest() if self.memory is not None else ""
@@ -238,11 +233,8 @@ class MemoryGPT2(LanguageModel):
         ids, valid = found.ids.view(B, T, k), found.mask.view(B, T, k)
         if real is not None:
             valid = valid & real[..., None]
-        pending = self.memory.pending
-        if pending is None:  # still run the delete head, on nothing: DDP wants every parameter used
-            pending = PendingDeletes(ids.new_empty(0), embeddings.new_empty(0, embeddings.shape[-1]),
-                                     entries.new_empty(0, entries.shape[-1]))
-        pending = self.memory.pending = pending.to(embeddings.device)  # restored checkpoints hold CPU tensors
+        # With no votes yet the delete head still runs, on nothing: DDP wants every parameter used.
+        pending = self.memory.waiting_votes(embeddings, entries)
         votes = self.access.delete_probability(pending.states.to(embeddings), pending.entries.to(embeddings))  # (P,)
         keep = torch.ones_like(ids, dtype=embeddings.dtype)
         if len(votes):
@@ -256,11 +248,12 @@ class MemoryGPT2(LanguageModel):
         hp = self.hparams
         B, T = input_ids.shape
         # The previous pass's delete votes: act on them now, and pay for what they keep.
-        pending, deleted = self.memory.pending, votes.detach() > 0.5
-        removals = [pending.ids[deleted]]
+        deleted = votes.detach() > 0.5
+        cast = PendingDeletes.from_reads(readout.ids, readout.weights, readout.valid, readout.entries,
+                                         hidden.detach(), VOTE_THRESHOLD)
+        removals = [self.memory.settle_votes(deleted, cast)]
         cost = hp.keep_cost * (1 - votes).sum() / max(1, len(votes))
         self.telemetry["delete_rate"] = float(deleted.float().mean()) if len(votes) else 0.0
-        self.memory.pending = self._votes(readout, hidden.detach())
 
         before = previous_ids if previous_ids is not None else input_ids.new_full((B,), -1)
         predecessors = torch.cat([before.reshape(B, 1).to(input_ids), input_ids[:, :-1]], dim=1)  # (B, T)
@@ -276,11 +269,11 @@ class MemoryGPT2(LanguageModel):
             cost = cost + hp.store_cost * p[proposes].mean()
         new_ids = self.memory.add(entries[stores], age=self.training)
         if hp.forget_documents:
-            removals.append(self._finished_documents(input_ids, stores, new_ids))
+            removals.append(self.memory.close_documents(input_ids == hp.eos_id, stores, new_ids))
         self.memory.remove(torch.cat(removals))
         self.memory_loss = cost
 
-        stats = self.memory.memory.stats()
+        stats = self.memory.entries.stats()
         attention, valid = readout.attention, readout.valid
         reading = valid.any(-1)
         on_memory = attention[..., 1:].amax(-1) > attention[..., 0]
@@ -291,40 +284,6 @@ class MemoryGPT2(LanguageModel):
             hit_rate=float((on_memory & reading).sum() / max(1, reading.numel())),
             reliance=float(readout.weights.detach().sum(-1).mean()),
         )
-
-    @staticmethod
-    def _votes(readout: Readout, hidden: Tensor) -> PendingDeletes | None:
-        """Per entry that was read: the final states of the tokens that read it, averaged with
-        the weight each gave it. Entries that were retrieved but hardly read get no vote, so
-        the delete decision is about entries the model actually used."""
-        weights = readout.weights.detach() * readout.valid
-        read = weights > VOTE_THRESHOLD
-        where = read.nonzero()  # (V, 3): b, t, slot
-        if not len(where):
-            return None
-        unique, inverse = torch.unique(readout.ids[read], return_inverse=True)  # sorted, as PendingDeletes wants
-        w = weights[read].to(hidden.dtype)[:, None]
-        states = hidden.new_zeros(len(unique), hidden.shape[-1]).index_add_(0, inverse, w * hidden[where[:, 0], where[:, 1]])
-        total = hidden.new_zeros(len(unique), 1).index_add_(0, inverse, w)
-        entries = readout.entries.new_zeros(len(unique), readout.entries.shape[-1])
-        entries[inverse] = readout.entries[read].detach()
-        return PendingDeletes(unique, states / total, entries)
-
-    def _finished_documents(self, input_ids: Tensor, stores: Tensor, new_ids: Tensor) -> Tensor:
-        """Ids of entries whose document ended in this block; the rest stay open per row."""
-        rows, cols = stores.nonzero(as_tuple=True)
-        eos = input_ids == self.hparams.eos_id
-        finished = [input_ids.new_empty(0)]
-        open_documents = self.memory.open_documents
-        for row in range(input_ids.shape[0]):
-            mine, at = new_ids[rows == row], cols[rows == row]
-            ends = eos[row].nonzero()
-            if len(ends):
-                last = int(ends[-1])
-                finished += [ids.to(mine.device) for ids in open_documents.pop(row, [])] + [mine[at <= last]]
-                mine = mine[at > last]
-            open_documents.setdefault(row, []).append(mine)
-        return torch.cat(finished)
 
     def parameter_groups(self, weight_decay: float) -> list[dict]:
         groups = super().parameter_groups(weight_decay)
@@ -355,11 +314,8 @@ class MemoryGPT2(LanguageModel):
 
     # --- when the memory starts over --------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        # The epoch that wrote the memory is saved with it, so resuming mid-epoch keeps it.
-        if self.memory is not None and self.hparams.reset_each_epoch and self.memory.epoch != self.current_epoch:
-            self.memory.reset()
         if self.memory is not None:
-            self.memory.epoch = self.current_epoch
+            self.memory.begin_epoch(self.current_epoch, empty_if_new=self.hparams.reset_each_epoch)
 
     def _set_aside(self) -> None:
         if self.memory is not None and self.hparams.eval_memory == "fresh":
@@ -389,10 +345,47 @@ class MemoryGPT2(LanguageModel):
     def on_predict_epoch_end(self) -> None:
         self._put_back()
 
-    # --- the state beyond the weights (LanguageModel's hooks) ---------------------------------------
+    # --- what the scripts ask of every model ------------------------------------------------------
     def state_summary(self) -> dict[str, int]:
-        return {"memory_entries": len(self.memory.memory)} if self.memory is not None else {}
+        """The memory's size, beside the weights ({} for the baseline without a memory)."""
+        return {"memory_entries": len(self.memory.entries)} if self.memory is not None else {}
 
     def clear_state(self) -> None:
+        """Empty the memory, with its waiting delete votes and open documents."""
         if self.memory is not None:
             self.memory.reset()
+
+    def set_generation_writes(self, enabled: bool) -> None:
+        """Whether passes with a KV cache (sampling) also write to and delete from the memory.
+        Off by default: sampling reads the checkpoint's memory and leaves it as it was. Passes
+        without a cache (training, evaluation) always write."""
+        if enabled and self.memory is None:
+            raise XLabError("trained with use_memory: false")
+        self._generation_writes = bool(enabled)
+
+
+class MemoryCache:
+    """KV cache for sampling: transformers' DynamicCache plus what memory writes need.
+
+    `previous` is each row's last token (the key of the next token's entry). After `reset()` of
+    a non-empty cache the sampler re-runs a slid window whose tokens were all written before
+    except the last one, so that pass writes only its last position.
+    """
+
+    def __init__(self, config, batch_size: int, max_len: int, device: torch.device):
+        self.config, self.batch_size, self.max_len = config, batch_size, max_len
+        self.layers = DynamicCache(config=config)
+        self.previous = torch.full((batch_size,), -1, dtype=torch.long, device=device)
+        self.replaying = False
+
+    @property
+    def length(self) -> int:
+        return self.layers.get_seq_length()
+
+    def reset(self) -> None:
+        self.replaying = self.length > 0
+        self.layers = DynamicCache(config=self.config)
+
+    def reorder(self, index: Tensor) -> None:
+        self.layers.reorder_cache(index)
+        self.previous = self.previous.index_select(0, index)

@@ -1,10 +1,7 @@
-"""The pieces of MemoryGPT2 that touch its associative memory.
+"""The learned maps between MemoryGPT2's transformer and its memory, and the entry layout they assume.
 
-`MemoryAccess` holds every learned map between the transformer and the memory: the query, the
-key and value maps applied to retrieved entries, the read's sharpness and gain, the store gate
-and the delete head. `MemoryStore` holds the faiss-backed `AssociativeMemory`, puts it in checkpoints,
-keeps every DDP rank's copy identical and remembers what the delete decisions still owe.
-`MemoryCache` is the KV cache MemoryGPT2 hands to the sampler.
+`MemoryAccess` holds every learned map: the query, the key and value maps applied to retrieved
+entries, the read's sharpness and gain, the store gate and the delete head.
 
 An entry is one vector of `memory_dim` numbers made of two halves:
   * the key half, A[token before]: a fixed random address of the token that came before, and
@@ -22,17 +19,13 @@ applied before a vector went into faiss would be frozen there and never get a gr
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import DynamicCache
 
 from xlab.errors import XLabError
-from xlab.memory import AssociativeMemory, MemoryReadout
 
 # Seed of the fixed addresses A and projection P: part of the model's definition, like its shapes.
 PROJECTION_SEED = 0
@@ -164,154 +157,3 @@ class MemoryAccess(nn.Module):
         a = self.delete_state(F.layer_norm(states, (self.n_embd,)))
         b = self.delete_entry(entries)
         return torch.sigmoid((a * b).sum(-1) / math.sqrt(self.half) + self.delete_bias)
-
-
-class PendingDeletes:
-    """Delete votes waiting one forward pass: the entries' ids (sorted), the weighted mean final
-    state of the tokens that read them, and the entries' vectors, all detached."""
-
-    def __init__(self, ids: Tensor, states: Tensor, entries: Tensor):
-        self.ids, self.states, self.entries = ids, states, entries
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def to(self, device: torch.device) -> PendingDeletes:
-        return PendingDeletes(self.ids.to(device), self.states.to(device), self.entries.to(device))
-
-    def lookup(self, ids: Tensor) -> tuple[Tensor, Tensor]:
-        """Index into the votes for each id in `ids` (any shape) and whether it has a vote."""
-        if not len(self.ids):
-            return torch.zeros_like(ids), torch.zeros_like(ids, dtype=torch.bool)
-        position = torch.searchsorted(self.ids, ids.contiguous()).clamp(max=len(self.ids) - 1)
-        return position, self.ids[position] == ids
-
-
-class MemoryStore(nn.Module):
-    """The AssociativeMemory, carried in checkpoints as extra state (tensors only, so they load
-    with weights_only=True), plus the bookkeeping of delete votes and open documents."""
-
-    def __init__(self, **memory_args):
-        super().__init__()
-        self.memory_args = memory_args
-        self.memory = AssociativeMemory(**memory_args)
-        self.pending: PendingDeletes | None = None
-        self.open_documents: dict[int, list[Tensor]] = {}  # row -> ids written since its last eos
-        self.epoch = 0  # the training epoch whose writes these are
-        self._saved: tuple | None = None
-
-    def search(self, probes: Tensor, k: int) -> MemoryReadout:
-        return self.memory.search(probes, k)
-
-    def reset(self) -> None:
-        self.memory.reset()
-        self.pending, self.open_documents = None, {}
-
-    def set_aside(self) -> None:
-        """Start from an empty memory; `put_back` restores exactly what was there."""
-        self._saved = (self.memory.state_dict(), self.pending, self.open_documents)
-        self.reset()
-
-    def put_back(self) -> None:
-        if self._saved is not None:
-            state, self.pending, self.open_documents = self._saved
-            self.memory.load_state_dict(state)
-            self._saved = None
-
-    def add(self, vectors: Tensor, age: bool) -> Tensor:
-        """Age every entry (training steps only), then store `vectors` (N, D) with every rank's
-        writes gathered first, in rank order, so all ranks add the same entries under the same
-        ids. Returns the ids of this rank's vectors."""
-        if age:
-            self.memory.step()
-        every, offset = gather_rows(vectors.detach().float())
-        if not len(every):
-            return torch.empty(0, dtype=torch.long, device=vectors.device)
-        ids = self.memory.add(every.cpu())
-        return ids[offset: offset + len(vectors)].to(vectors.device)
-
-    def remove(self, ids: Tensor) -> None:
-        """Remove the union of every rank's `ids` (unknown and repeated ids are ignored)."""
-        every, _ = gather_rows(ids.detach().to(torch.long).reshape(-1))
-        if len(every):
-            self.memory.remove(every.cpu())
-
-    def digest(self) -> str:
-        """A fingerprint of the stored ids and vectors, equal on ranks holding the same memory."""
-        state = self.memory.state_dict()
-        order = state["ids"].argsort()
-        h = hashlib.sha256(state["ids"][order].numpy().tobytes())
-        h.update(state["vectors"][order].numpy().tobytes())
-        return h.hexdigest()
-
-    def get_extra_state(self) -> dict[str, Tensor]:
-        """The memory plus the delete votes still pending and the rows' open documents, so a
-        resumed run continues exactly."""
-        state = {**self.memory.state_dict(), "epoch": torch.tensor(self.epoch)}
-        if self.pending is not None:
-            state.update(pending_ids=self.pending.ids.cpu(), pending_states=self.pending.states.cpu(),
-                         pending_entries=self.pending.entries.cpu())
-        rows = [torch.full_like(ids, row) for row, parts in self.open_documents.items() for ids in parts]
-        if rows:
-            state["open_rows"] = torch.cat(rows).cpu()
-            state["open_ids"] = torch.cat([ids for parts in self.open_documents.values() for ids in parts]).cpu()
-        return state
-
-    def set_extra_state(self, state: dict[str, Tensor]) -> None:
-        if not isinstance(state, dict):
-            raise XLabError("the checkpoint's memory is not a memory state: was it saved by MemoryGPT2?")
-        try:
-            self.memory.load_state_dict(state)
-        except XLabError as error:
-            raise XLabError(f"the checkpoint's memory does not fit this model: {error}") from None
-        self.epoch = int(state.get("epoch", 0))
-        self.pending, self.open_documents = None, {}
-        if "pending_ids" in state:
-            self.pending = PendingDeletes(state["pending_ids"], state["pending_states"], state["pending_entries"])
-        if "open_rows" in state:
-            for row in state["open_rows"].unique().tolist():
-                self.open_documents[row] = [state["open_ids"][state["open_rows"] == row]]
-
-
-def gather_rows(rows: Tensor) -> tuple[Tensor, int]:
-    """Every rank's (N_r, ...) rows concatenated in rank order, and where this rank's start.
-    Without an initialized process group (one process, or sampling) the rows come back as is."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return rows, 0
-    world, rank = dist.get_world_size(), dist.get_rank()
-    count = torch.tensor([rows.shape[0]], device=rows.device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    counts = [int(c) for c in counts]
-    padded = rows.new_zeros((max(counts), *rows.shape[1:]))
-    padded[: rows.shape[0]] = rows
-    gathered = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
-    return torch.cat([g[:c] for g, c in zip(gathered, counts)]), sum(counts[:rank])
-
-
-class MemoryCache:
-    """KV cache for sampling: transformers' DynamicCache plus what memory writes need.
-
-    `previous` is each row's last token (the key of the next token's entry). After `reset()` of
-    a non-empty cache the sampler re-runs a slid window whose tokens were all written before
-    except the last one, so that pass writes only its last position.
-    """
-
-    def __init__(self, config, batch_size: int, max_len: int, device: torch.device):
-        self.config, self.batch_size, self.max_len = config, batch_size, max_len
-        self.layers = DynamicCache(config=config)
-        self.previous = torch.full((batch_size,), -1, dtype=torch.long, device=device)
-        self.replaying = False
-
-    @property
-    def length(self) -> int:
-        return self.layers.get_seq_length()
-
-    def reset(self) -> None:
-        self.replaying = self.length > 0
-        self.layers = DynamicCache(config=self.config)
-
-    def reorder(self, index: Tensor) -> None:
-        self.layers.reorder_cache(index)
-        self.previous = self.previous.index_select(0, index)

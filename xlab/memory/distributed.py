@@ -1,0 +1,30 @@
+"""Keeping every data-parallel rank's memory identical: gather what each rank writes, in rank order.
+
+Each rank reads different blocks, so each proposes different entries and deletions. If every
+rank applied only its own, the memories would fork; instead every rank applies the union, in
+rank order, so all of them add the same entries under the same ids and remove the same ones.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def gather_rows(rows: Tensor) -> tuple[Tensor, int]:
+    """Every rank's (N_r, ...) rows concatenated in rank order, and where this rank's start.
+    Without an initialized process group (one process, or sampling) the rows come back as is."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows, 0
+    world, rank = dist.get_world_size(), dist.get_rank()
+    count = torch.tensor([rows.shape[0]], device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    # all_gather wants equal shapes: pad to the longest and cut each rank's part back out.
+    padded = rows.new_zeros((max(counts), *rows.shape[1:]))
+    padded[: rows.shape[0]] = rows
+    gathered = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[:c] for g, c in zip(gathered, counts)]), sum(counts[:rank])

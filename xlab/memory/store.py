@@ -1,0 +1,151 @@
+"""The memory a model writes through: its entries, its waiting delete votes, its open documents.
+
+`MemoryStore` is the one owner of that state. The model tells it what happened (these entries
+were stored, these votes were cast, these documents ended) and the store changes itself; every
+change of the entries is gathered across data-parallel ranks first (see `distributed`), so all
+ranks hold the same memory. The whole state travels in checkpoints as the module's extra state,
+tensors only, so checkpoints load with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor, nn
+
+from xlab.errors import XLabError
+from xlab.memory.associative import AssociativeMemory, MemoryReadout
+from xlab.memory.distributed import gather_rows
+from xlab.memory.votes import PendingDeletes
+
+
+class MemoryStore(nn.Module):
+    """An AssociativeMemory (`entries`) plus the bookkeeping of delete votes and open documents."""
+
+    def __init__(self, **memory_args):
+        super().__init__()
+        self.entries = AssociativeMemory(**memory_args)
+        self.pending: PendingDeletes | None = None  # the last pass's votes, acted on by the next
+        self.open_documents: dict[int, list[Tensor]] = {}  # row -> ids written since its last eos
+        self.epoch = 0  # the training epoch whose writes these are
+        self._saved: tuple | None = None
+
+    def search(self, probes: Tensor, k: int) -> MemoryReadout:
+        return self.entries.search(probes, k)
+
+    # --- writes ---------------------------------------------------------------------------------
+    def add(self, vectors: Tensor, age: bool) -> Tensor:
+        """Age every entry (training steps only), then store `vectors` (N, D) with every rank's
+        writes gathered first, in rank order, so all ranks add the same entries under the same
+        ids. Returns the ids of this rank's vectors."""
+        if age:
+            self.entries.step()
+        every, offset = gather_rows(vectors.detach().float())
+        if not len(every):
+            return torch.empty(0, dtype=torch.long, device=vectors.device)
+        ids = self.entries.add(every.cpu())
+        return ids[offset: offset + len(vectors)].to(vectors.device)
+
+    def remove(self, ids: Tensor) -> None:
+        """Remove the union of every rank's `ids` (unknown and repeated ids are ignored)."""
+        every, _ = gather_rows(ids.detach().to(torch.long).reshape(-1))
+        if len(every):
+            self.entries.remove(every.cpu())
+
+    # --- delete votes ---------------------------------------------------------------------------
+    def waiting_votes(self, states_like: Tensor, entries_like: Tensor) -> PendingDeletes:
+        """The votes the last pass cast, on the device of `states_like` (none yet: empty ones,
+        with the dtypes of `states_like` (.., C) and `entries_like` (.., D))."""
+        pending = self.pending
+        if pending is None:
+            pending = PendingDeletes(torch.empty(0, dtype=torch.long, device=entries_like.device),
+                                     states_like.new_empty(0, states_like.shape[-1]),
+                                     entries_like.new_empty(0, entries_like.shape[-1]))
+        self.pending = pending.to(states_like.device)  # restored checkpoints hold CPU tensors
+        return self.pending
+
+    def settle_votes(self, passed: Tensor, cast: PendingDeletes | None) -> Tensor:
+        """Act on the waiting votes (`passed`: which of them carried) and let this pass's `cast`
+        votes wait for the next. Returns the ids the carried votes delete."""
+        deleted = self.pending.ids[passed]
+        self.pending = cast
+        return deleted
+
+    # --- documents ------------------------------------------------------------------------------
+    def close_documents(self, ends: Tensor, stored: Tensor, new_ids: Tensor) -> Tensor:
+        """Ids of the entries whose document ended in this block (`ends` (B, T): True at an eos;
+        `stored` (B, T): which positions wrote the entries `new_ids`, in row-major order). The
+        entries after a row's last eos stay open, with what that row wrote before."""
+        rows, cols = stored.nonzero(as_tuple=True)
+        finished = [new_ids.new_empty(0)]
+        for row in range(ends.shape[0]):
+            mine, at = new_ids[rows == row], cols[rows == row]
+            row_ends = ends[row].nonzero()
+            if len(row_ends):
+                last = int(row_ends[-1])
+                finished += [ids.to(mine.device) for ids in self.open_documents.pop(row, [])] + [mine[at <= last]]
+                mine = mine[at > last]
+            self.open_documents.setdefault(row, []).append(mine)
+        return torch.cat(finished)
+
+    # --- starting over --------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Empty the entries and forget the waiting votes and open documents."""
+        self.entries.reset()
+        self.pending, self.open_documents = None, {}
+
+    def begin_epoch(self, epoch: int, empty_if_new: bool) -> None:
+        """Training epoch `epoch` starts; with `empty_if_new` the entries of an earlier epoch go.
+        The epoch that wrote the memory is saved with it, so resuming mid-epoch keeps it."""
+        if empty_if_new and self.epoch != epoch:
+            self.reset()
+        self.epoch = epoch
+
+    def set_aside(self) -> None:
+        """Start from an empty memory; `put_back` restores exactly what was there."""
+        self._saved = (self.entries.state_dict(), self.pending, self.open_documents)
+        self.reset()
+
+    def put_back(self) -> None:
+        if self._saved is not None:
+            state, self.pending, self.open_documents = self._saved
+            self.entries.load_state_dict(state)
+            self._saved = None
+
+    # --- identity and checkpoints ---------------------------------------------------------------
+    def digest(self) -> str:
+        """A fingerprint of the stored ids and vectors, equal on ranks holding the same memory."""
+        state = self.entries.state_dict()
+        order = state["ids"].argsort()
+        h = hashlib.sha256(state["ids"][order].numpy().tobytes())
+        h.update(state["vectors"][order].numpy().tobytes())
+        return h.hexdigest()
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        """The entries plus the delete votes still waiting and the rows' open documents, so a
+        resumed run continues exactly."""
+        state = {**self.entries.state_dict(), "epoch": torch.tensor(self.epoch)}
+        if self.pending is not None:
+            state.update(pending_ids=self.pending.ids.cpu(), pending_states=self.pending.states.cpu(),
+                         pending_entries=self.pending.entries.cpu())
+        rows = [torch.full_like(ids, row) for row, parts in self.open_documents.items() for ids in parts]
+        if rows:
+            state["open_rows"] = torch.cat(rows).cpu()
+            state["open_ids"] = torch.cat([ids for parts in self.open_documents.values() for ids in parts]).cpu()
+        return state
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        if not isinstance(state, dict):
+            raise XLabError("the checkpoint's memory is not a memory state: was it saved by MemoryGPT2?")
+        try:
+            self.entries.load_state_dict(state)
+        except XLabError as error:
+            raise XLabError(f"the checkpoint's memory does not fit this model: {error}") from None
+        self.epoch = int(state.get("epoch", 0))
+        self.pending, self.open_documents = None, {}
+        if "pending_ids" in state:
+            self.pending = PendingDeletes(state["pending_ids"], state["pending_states"], state["pending_entries"])
+        if "open_rows" in state:
+            for row in state["open_rows"].unique().tolist():
+                self.open_documents[row] = [state["open_ids"][state["open_rows"] == row]]
