@@ -16,9 +16,11 @@ positions, regroups the rest into chunks of L queries and lets query chunk i att
 the first L - 1 tokens get no CCA. Chunk i's neighbours (and the encoder, which reads H of
 chunk i only) thus never change a logit before position (i+1)L - 1.
 
-Batches carry `retrieved` (B, m, k, 2L) int tokens; without it (retrieval "off") the CCA layers
-are skipped and the model is a plain decoder. With a KV cache (generation), the model retrieves
-by itself at chunk boundaries from the database set with `set_database` (see `RetroCache`).
+Batches carry `retrieved` (B, m, k, 2L) int tokens (`BatchNeighbours`); without it (retrieval
+"off") the CCA layers are skipped and the model is a plain decoder. With a KV cache (generation),
+the model retrieves at chunk boundaries from the database set with `set_database` and keeps the
+encoded neighbours in the `RetroCache` (`DecodingNeighbours`). Either way `DecoderLayer` does the
+attention: one batched call per layer in training, one call per chunk a decoding step touches.
 """
 
 from __future__ import annotations
