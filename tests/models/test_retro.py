@@ -70,10 +70,12 @@ def test_checkpoint_records_the_database_and_refuses_another(corpus_dir, tmp_pat
 
     loaded = RetroModel.load_from_checkpoint(ckpt)
     assert loaded.database is None
-    out = inference.sample(loaded, torch.tensor([2, 50, 60, 70, 80]), output_length=8, seed=0)
-    assert 0 < len(out) <= 8 and loaded.database is not None  # opened from the checkpoint's record
+    prompt = torch.tensor([2, 50, 60, 70, 80])
+    out = inference.sample(loaded, prompt, output_length=8, seed=0)
+    assert len(out) == 8 and loaded.database is not None  # opened from the checkpoint's record
     assert loaded.database.out_dir == dm.database.out_dir
-    loaded.set_database(dm.database)  # the training database: accepted
+    loaded.set_database(dm.database)  # the training database: accepted, and the one opened
+    assert torch.equal(inference.sample(loaded, prompt, output_length=8, seed=0), out)
     loaded.set_database(tiny_data(corpus_dir, tmp_path, k=4).database)  # only k differs: accepted
     other = tiny_data(corpus_dir, tmp_path, embedder={"kind": "hashed", "dim": 64}).database
     with pytest.raises(XLabError, match="differs from the one the model was trained with"):
@@ -99,14 +101,57 @@ def test_generation_retrieves_at_chunk_boundaries(corpus_dir, tmp_path):
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
     assert sorted(cache.encoded) == [0, 1, 2, 3]
 
-    out = inference.sample(model, ids[0, :3], output_length=12, seed=0)
-    assert out.dim() == 1 and 0 < len(out) <= 12
+
+
+def greedy_by_recomputation(model: RetroModel, database, prompt: torch.Tensor, steps: int) -> list[int]:
+    """Greedy decoding the slow, obvious way: the whole sequence every step, with the database's
+    neighbours of every finished chunk."""
+    sequence, new = prompt.clone(), []
+    with torch.no_grad():
+        for _ in range(steps):
+            n = len(sequence) // model.chunk_size
+            found = None
+            if n:
+                chunks = sequence[: n * model.chunk_size].reshape(n, model.chunk_size).numpy()
+                found = torch.from_numpy(database.search(chunks).astype(np.int64))[None]  # (1, n, k, 2L)
+            token = model(sequence[None], found)[0, -1].argmax()
+            new.append(int(token))
+            sequence = torch.cat([sequence, token[None]])
+    return new
+
+
+def test_generation_equals_greedy_recomputation_and_stops_at_eos(corpus_dir, tmp_path):
+    dm = tiny_data(corpus_dir, tmp_path)
+    model = tiny_model(vocab_size=dm.vocab_size)
+    with torch.no_grad():  # decisive, varied logits: greedy choices are no near-ties that rounding could flip
+        for name, param in model.named_parameters():
+            if param.dim() > 1 and name != "wte.weight":
+                param.mul_(20)
+    model.set_database(dm.database)
+    prompt = torch.as_tensor(np.asarray(dm.tokens["val"][:3], dtype=np.int64))
+    reference = greedy_by_recomputation(model, dm.database, prompt, 12)
+    assert inference.sample(model, prompt, output_length=12, temperature=0).tolist() == reference  # no eos: all 12
+
+    # eos ends the sequence and is not part of it
+    stop = next(i for i in range(1, 12) if reference[i] not in reference[:i])
+    assert inference.sample(model, prompt, output_length=12, temperature=0, eos_class=reference[stop]).tolist() \
+        == reference[:stop]
+    sampled = inference.sample(model, prompt, output_length=12, seed=0)
+    assert len(sampled) == 12 and torch.equal(inference.sample(model, prompt, output_length=12, seed=0), sampled)
 
 
 def test_ablation_margin():
     """bench/retro_ablation.py, small: real neighbours beat random ones and a plain decoder."""
     bench = load_script("bench/retro_ablation")
-    losses = bench.run(bench.SMALL)
+    # The thread count changes the order of float sums: one thread, so the machine does not decide.
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        losses = bench.run(bench.SMALL)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
     assert losses["retro_neighbours"] < losses["retro_random"] - 1.0
     assert losses["retro_neighbours"] < losses["xlab_decoder"] - 1.0
 

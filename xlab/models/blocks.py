@@ -1,5 +1,5 @@
 """Transformer building blocks shared by the models: norms, positions, attention with a KV cache,
-MLPs and the residual block. Parameter names follow GPT-2 (c_attn, c_proj, c_fc, ln_1, ln_2),
+MLPs, the residual block and GPT-2's initialisation. Parameter names follow GPT-2 (c_attn, c_proj, c_fc, ln_1, ln_2),
 so weights map one to one from `transformers` checkpoints.
 """
 
@@ -82,6 +82,19 @@ class Rotary(nn.Module):
         sin = self.sin[positions].unsqueeze(1).to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def position_ids(input_ids: Tensor, past: int, max_len: int, positions: Tensor | None = None) -> Tensor:
+    """Positions (B, T) of tokens that follow `past` cached ones: past..past+T-1 unless `positions`
+    are given (left-padded prompts). ValueError when the sequence would not fit in `max_len`."""
+    B, T = input_ids.shape
+    # Default positions never exceed past + T - 1, so checking lengths (plain ints) suffices and
+    # spares the host a sync with the device on every decoding step.
+    if past + T > max_len:
+        raise ValueError(f"sequence of {past + T} tokens exceeds the model's max_len={max_len}")
+    if positions is None:
+        positions = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+    return positions
 
 
 def sinusoidal_table(max_len: int, dim: int) -> Tensor:
@@ -180,3 +193,18 @@ def attention_mask(T: int, past: int, padding: Tensor | None, device: torch.devi
         own[torch.arange(T), past + torch.arange(T, device=device)] = True
         mask = mask | own[None, None]
     return mask
+
+
+def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:
+    """GPT-2's initialisation, in place: linear and embedding weights from N(0, 0.02), zero biases,
+    and residual projections (every `c_proj`) from N(0, 0.02 / sqrt(2 * n_layer)) so the residual
+    stream's variance does not grow with depth. Modules are visited in registration order, so a
+    seed gives the same weights whatever else the model holds."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    for name, param in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))

@@ -16,21 +16,22 @@ positions, regroups the rest into chunks of L queries and lets query chunk i att
 the first L - 1 tokens get no CCA. Chunk i's neighbours (and the encoder, which reads H of
 chunk i only) thus never change a logit before position (i+1)L - 1.
 
-Batches carry `retrieved` (B, m, k, 2L) int tokens; without it (retrieval "off") the CCA layers
-are skipped and the model is a plain decoder. With a KV cache (generation), the model retrieves
-by itself at chunk boundaries from the database set with `set_database` (see `RetroCache`).
+Batches carry `retrieved` (B, m, k, 2L) int tokens (`BatchNeighbours`); without it (retrieval
+"off") the CCA layers are skipped and the model is a plain decoder. With a KV cache (generation),
+the model retrieves at chunk boundaries from the database set with `set_database` and keeps the
+encoded neighbours in the `RetroCache` (`DecodingNeighbours`). Either way `DecoderLayer` does the
+attention: one batched call per layer in training, one call per chunk a decoding step touches.
 """
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xlab.errors import XLabError
-from xlab.models.blocks import MLP, CausalSelfAttention, KVCache, Rotary, attention_mask
+from xlab.models.blocks import MLP, CausalSelfAttention, KVCache, Rotary, attention_mask, init_gpt2_weights, position_ids
 from xlab.models.lm import LanguageModel
 
 
@@ -47,14 +48,15 @@ class CrossAttention(nn.Module):
         self.c_proj = nn.Linear(dim, dim, bias=False)
         self.dropout, self.rotary = dropout, rotary
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, offset: int = 0) -> Tensor:
+        """`offset`: position of the first query inside its chunk (decoding continues a chunk)."""
         N, Tq, C = x.shape
         Tk = context.shape[1]
         q = self.q(x).view(N, Tq, self.n_head, self.head_dim).transpose(1, 2)  # (N, nh, Tq, hs)
         k, v = (t.view(N, Tk, self.n_head, self.head_dim).transpose(1, 2) for t in self.kv(context).split(C, dim=2))
         if self.rotary is not None:
             # Positions inside the query chunk and inside the neighbour: relative order is what matters.
-            q = self.rotary(q, torch.arange(Tq, device=x.device).expand(N, Tq))
+            q = self.rotary(q, torch.arange(offset, offset + Tq, device=x.device).expand(N, Tq))
             k = self.rotary(k, torch.arange(Tk, device=x.device).remainder(self.key_period).expand(N, Tk))
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.c_proj(y.transpose(1, 2).reshape(N, Tq, C))
@@ -79,14 +81,56 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """Pre-norm self-attention, chunked cross-attention to the neighbours (CCA layers only), MLP."""
+
     def __init__(self, dim: int, enc_dim: int, n_head: int, dropout: float, rotary: Rotary, cross: bool,
                  chunk_size: int):
         super().__init__()
+        self.chunk_size = chunk_size
         self.ln_1, self.ln_2 = nn.RMSNorm(dim), nn.RMSNorm(dim)
         self.attn = CausalSelfAttention(dim, n_head, dropout, bias=False, rotary=rotary)
         self.mlp = MLP(dim, 4 * dim, "gelu", dropout, bias=False)
         self.ln_cca = nn.RMSNorm(dim) if cross else None
         self.cca = CrossAttention(dim, enc_dim, n_head, dropout, rotary, 2 * chunk_size) if cross else None
+
+    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None, cache: KVCache | None, index: int,
+                neighbours: BatchNeighbours | DecodingNeighbours | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), positions, mask, cache, index)
+        if self.cca is not None and neighbours is not None:
+            x = x + neighbours.cross_attend(self, x)
+        return x + self.mlp(self.ln_2(x))
+
+    def chunked_cross_attention(self, x: Tensor, encoded: Tensor) -> Tensor:
+        """CCA output (B, T, C) for states x (B, T, C) at positions 0..T-1 and E (B, n, k * 2L, enc_dim),
+        n >= T // L. Position p >= L - 1 attends to the neighbours of chunk (p - L + 1) // L; earlier
+        positions get 0."""
+        B, T, C = x.shape
+        L = self.chunk_size
+        n = T // L  # chunks whose last token is inside the input
+        out = x.new_zeros(B, T, C)
+        if n == 0:
+            return out
+        shifted = x[:, L - 1:]  # (B, T - L + 1, C)
+        shifted = F.pad(shifted, (0, 0, 0, n * L - shifted.shape[1]))  # (B, n * L, C)
+        q = shifted.reshape(B * n, L, C)
+        y = self.cca(self.ln_cca(q), encoded[:, :n].reshape(B * n, encoded.shape[2], encoded.shape[3]))
+        out[:, L - 1:] = y.reshape(B, n * L, C)[:, : T - L + 1]
+        return out
+
+    def cached_cross_attention(self, x: Tensor, encoded: dict[int, Tensor], past: int) -> Tensor:
+        """The same for states x (B, T, C) at positions past..past+T-1 and E of each encoded chunk
+        (B, k * 2L, enc_dim): the positions that attend to one chunk go in one call, at their offset."""
+        B, T, C = x.shape
+        L = self.chunk_size
+        out = x.new_zeros(B, T, C)
+        begin, end = max(past - L + 1, 0), past + T - L + 1  # shifted positions p - L + 1 in the input
+        for chunk in range(begin // L, (end - 1) // L + 1 if end > 0 else 0):
+            if chunk not in encoded:
+                continue
+            start, stop = max(begin, chunk * L), min(end, (chunk + 1) * L)
+            t0, t1 = start + L - 1 - past, stop + L - 1 - past  # back to indices of x
+            out[:, t0:t1] = self.cca(self.ln_cca(x[:, t0:t1]), encoded[chunk], offset=start - chunk * L)
+        return out
 
 
 class RetroCache(KVCache):
@@ -108,6 +152,51 @@ class RetroCache(KVCache):
     def reset(self) -> None:
         super().reset()
         self.encoded = {}
+
+
+class BatchNeighbours:
+    """Neighbours that come with the batch (B, >= T // L, k, 2L), encoded once, from the decoder
+    states of the first CCA layer (positions 0..T-1, no cache)."""
+
+    def __init__(self, model: RetroModel, retrieved: Tensor):
+        self.model, self.retrieved, self.encoded = model, retrieved, None
+
+    def cross_attend(self, layer: DecoderLayer, x: Tensor) -> Tensor:
+        if self.encoded is None:
+            B, T, _ = x.shape
+            L = self.model.chunk_size
+            n = T // L
+            self.encoded = self.model.encode(self.retrieved[:, :n], x[:, : n * L].reshape(B, n, L, -1))
+        return layer.chunked_cross_attention(x, self.encoded)
+
+
+class DecodingNeighbours:
+    """Generation: neighbours retrieved from the database for every chunk the tokens finish, encoded
+    from the first CCA layer's states and kept in the `RetroCache` for the steps after.
+
+    Rows share positions (equal-length prompts); left-padded batches are not supported."""
+
+    def __init__(self, model: RetroModel, input_ids: Tensor, cache: RetroCache):
+        self.model, self.input_ids, self.cache, self.stored = model, input_ids, cache, False
+
+    def cross_attend(self, layer: DecoderLayer, x: Tensor) -> Tensor:
+        if not self.stored:
+            self._retrieve(x)
+            self.stored = True
+        return layer.cached_cross_attention(x, self.cache.encoded, self.cache.length)
+
+    def _retrieve(self, x: Tensor) -> None:
+        cache, L, T = self.cache, self.model.chunk_size, x.shape[1]
+        past = cache.length
+        cache.tokens[:, past:past + T] = self.input_ids
+        cache.hidden[:, past:past + T] = x
+        for chunk in range(past // L, (past + T) // L):  # chunks whose last token is new
+            if chunk in cache.encoded:
+                continue
+            tokens = cache.tokens[:, chunk * L:(chunk + 1) * L].cpu().numpy()
+            found = torch.from_numpy(self.model.database.search(tokens)).to(x.device)  # (B, k, 2L)
+            h = cache.hidden[:, chunk * L:(chunk + 1) * L].unsqueeze(1)  # (B, 1, L, C)
+            cache.encoded[chunk] = self.model.encode(found.unsqueeze(1), h)[:, 0]
 
 
 class RetroModel(LanguageModel):
@@ -170,12 +259,7 @@ class RetroModel(LanguageModel):
         self.enc_in = nn.Linear(n_embd, enc_dim, bias=False)
         self.encoder = nn.ModuleList(EncoderLayer(enc_dim, n_embd, n_head, dropout, enc_rotary) for _ in range(enc_depth))
         self.enc_ln = nn.RMSNorm(enc_dim)
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        for name, param in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+        init_gpt2_weights(self, n_layer)
         self.database = None  # set_database: for generation-time retrieval
         self.database_identity: dict | None = None  # of the database trained with (from the checkpoint)
         self.database_dir: str | None = None  # where that database was
@@ -191,54 +275,28 @@ class RetroModel(LanguageModel):
             e = layer(e, hk)
         return self.enc_ln(e).reshape(B, m, k * R, -1)
 
-    def chunked_cross_attention(self, layer: DecoderLayer, x: Tensor, encoded: Tensor) -> Tensor:
-        """CCA output (B, T, C) for states x (B, T, C) and E (B, n, k * 2L, enc_dim), n >= T // L.
-
-        Position p >= L - 1 attends to the neighbours of chunk (p - L + 1) // L; earlier positions get 0.
-        """
-        B, T, C = x.shape
-        L = self.chunk_size
-        n = T // L  # chunks whose last token is inside the input
-        out = x.new_zeros(B, T, C)
-        if n == 0:
-            return out
-        shifted = x[:, L - 1:]  # (B, T - L + 1, C)
-        shifted = F.pad(shifted, (0, 0, 0, n * L - shifted.shape[1]))  # (B, n * L, C)
-        q = shifted.reshape(B * n, L, C)
-        y = layer.cca(layer.ln_cca(q), encoded[:, :n].reshape(B * n, encoded.shape[2], encoded.shape[3]))
-        out[:, L - 1:] = y.reshape(B, n * L, C)[:, : T - L + 1]
-        return out
-
     def forward(self, input_ids: Tensor, retrieved: Tensor | None = None, cache: KVCache | None = None,
                 positions: Tensor | None = None, padding_mask: Tensor | None = None) -> Tensor:
         """Logits (B, T, vocab). `retrieved` (B, >= T // L, k, 2L): neighbours of each chunk; None
         skips the CCA (retrieval off), unless a `RetroCache` and a database are given (generation)."""
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         past = cache.length if cache is not None else 0
-        if past + T > self.hparams.max_len:
-            raise ValueError(f"sequence of {past + T} tokens exceeds the model's max_len={self.hparams.max_len}")
+        positions = position_ids(input_ids, past, self.hparams.max_len, positions)
         if retrieved is not None and retrieved.shape[-1] != 2 * self.chunk_size:
             raise XLabError(f"retrieved neighbours have {retrieved.shape[-1]} tokens, the model expects "
                             f"2 * chunk_size = {2 * self.chunk_size}: the data's chunk_size differs from the model's.")
-        if positions is None:
-            positions = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
-        incremental = isinstance(cache, RetroCache) and self.database is not None
-        if incremental and padding_mask is not None:
-            raise XLabError("RetroModel retrieves for chunks at the same positions in every row: generate from "
-                            "prompts of equal length (or one at a time), not a left-padded batch.")
+        neighbours = None  # retrieval off: the CCA layers are skipped
+        if isinstance(cache, RetroCache) and self.database is not None:
+            if padding_mask is not None:
+                raise XLabError("RetroModel retrieves for chunks at the same positions in every row: generate from "
+                                "prompts of equal length (or one at a time), not a left-padded batch.")
+            neighbours = DecodingNeighbours(self, input_ids, cache)
+        elif retrieved is not None:
+            neighbours = BatchNeighbours(self, retrieved)
         x = self.drop(self.wte(input_ids))
         mask = attention_mask(T, past, padding_mask, input_ids.device)
-        encoded = None
         for i, layer in enumerate(self.layers):
-            x = x + layer.attn(layer.ln_1(x), positions, mask, cache, i)
-            if layer.cca is not None and incremental:
-                x = x + self._incremental_cca(layer, x, input_ids, cache, first=i == self.cross_layers[0])
-            elif layer.cca is not None and retrieved is not None:
-                if encoded is None:  # the encoder runs once, on the states of the first CCA layer
-                    n = T // self.chunk_size
-                    encoded = self.encode(retrieved[:, :n], x[:, : n * self.chunk_size].reshape(B, n, self.chunk_size, -1))
-                x = x + self.chunked_cross_attention(layer, x, encoded)
-            x = x + layer.mlp(layer.ln_2(x))
+            x = layer(x, positions, mask, cache, i, neighbours)
         if cache is not None:
             cache.advance(T)
         return self.lm_head(self.ln_f(x))
@@ -268,44 +326,6 @@ class RetroModel(LanguageModel):
         if database is not None:
             check_database(self, database, force)
         self.database = database
-
-    def _incremental_cca(self, layer: DecoderLayer, x: Tensor, input_ids: Tensor, cache: RetroCache,
-                         first: bool) -> Tensor:
-        """CCA for tokens at cache positions [past, past + T), retrieving for chunks they finish.
-
-        Rows share positions (equal-length prompts); left-padded batches are not supported."""
-        B, T, C = x.shape
-        L, past = self.chunk_size, cache.length
-        if first:
-            cache.tokens[:, past:past + T] = input_ids
-            cache.hidden[:, past:past + T] = x
-            for chunk in range(past // L, (past + T) // L):  # chunks whose last token is new
-                if chunk in cache.encoded:
-                    continue
-                tokens = cache.tokens[:, chunk * L:(chunk + 1) * L].cpu().numpy()
-                found = torch.from_numpy(self.database.search(tokens)).to(x.device)  # (B, k, 2L)
-                h = cache.hidden[:, chunk * L:(chunk + 1) * L].unsqueeze(1)  # (B, 1, L, C)
-                cache.encoded[chunk] = self.encode(found.unsqueeze(1), h)[:, 0]
-        out = x.new_zeros(B, T, C)
-        for t in range(T):
-            chunk = (past + t - L + 1) // L
-            if past + t >= L - 1 and chunk in cache.encoded:
-                # Query position inside the shifted chunk, as in training.
-                q = layer.ln_cca(x[:, t:t + 1])
-                out[:, t:t + 1] = self._cca_at(layer, q, cache.encoded[chunk], (past + t - L + 1) % L)
-        return out
-
-    def _cca_at(self, layer: DecoderLayer, q: Tensor, encoded: Tensor, offset: int) -> Tensor:
-        """One query (B, 1, C) at `offset` inside its shifted chunk attending to E (B, k*2L, enc_dim)."""
-        cca = layer.cca
-        B, _, C = q.shape
-        Tk = encoded.shape[1]
-        qh = cca.q(q).view(B, 1, cca.n_head, cca.head_dim).transpose(1, 2)
-        k, v = (t.view(B, Tk, cca.n_head, cca.head_dim).transpose(1, 2) for t in cca.kv(encoded).split(C, dim=2))
-        qh = cca.rotary(qh, torch.full((B, 1), offset, device=q.device))
-        k = cca.rotary(k, torch.arange(Tk, device=q.device).remainder(cca.key_period).expand(B, Tk))
-        y = F.scaled_dot_product_attention(qh, k, v)
-        return cca.c_proj(y.transpose(1, 2).reshape(B, 1, C))
 
     # --- steps: pass the neighbours -----------------------------------------------------------
     def batch_logits(self, batch: dict[str, Tensor]) -> Tensor:

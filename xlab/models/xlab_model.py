@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from xlab.errors import XLabError
-from xlab.models.blocks import Activation, Block, KVCache, NormKind, Rotary, attention_mask, make_norm, sinusoidal_table
+from xlab.models.blocks import (Activation, Block, KVCache, NormKind, Rotary, attention_mask, init_gpt2_weights, make_norm,
+                                position_ids, sinusoidal_table)
 from xlab.models.lm import LanguageModel
 
 
@@ -81,19 +82,7 @@ class XLabModel(LanguageModel):
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         if tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
-        self.apply(self._init_weights)
-        # GPT-2: scale residual projections by 1/sqrt(2 * n_layer) so the residual stream's
-        # variance does not grow with depth.
-        for name, param in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        init_gpt2_weights(self, n_layer)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache for incremental decoding of `batch_size` sequences."""
@@ -110,14 +99,9 @@ class XLabModel(LanguageModel):
         positions past..past+T-1 (for left-padded prompts); `padding_mask` (B, past + T) is
         True at real tokens and False at pads, which no query attends to.
         """
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         past = cache.length if cache is not None else 0
-        if positions is None:
-            positions = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
-        # Positions never exceed past + T - 1, so checking lengths (plain ints) suffices and
-        # spares the host a sync with the device on every decoding step.
-        if past + T > self.hparams.max_len:
-            raise ValueError(f"sequence of {past + T} tokens exceeds the model's max_len={self.hparams.max_len}")
+        positions = position_ids(input_ids, past, self.hparams.max_len, positions)
         x = self.transformer.wte(input_ids)  # (B, T, C)
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(positions)
