@@ -20,7 +20,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from xlab.callbacks import DocumentScoreWriter, RunSummary, XLabCheckpoint
+from xlab.callbacks import DocumentScoreWriter, RandomState, RunSummary, XLabCheckpoint
 from xlab.cli_errors import XLabArgumentParser
 from xlab.datamodules import XLabDataModule
 from xlab.errors import XLabError, exit_with
@@ -111,7 +111,7 @@ def main(args: list[str] | None = None) -> XLabCLI | None:
             args=args,
             auto_configure_optimizers=False,
             parser_class=XLabArgumentParser,
-            trainer_defaults={"callbacks": [RunSummary()]},
+            trainer_defaults={"callbacks": [RunSummary(), RandomState()]},
             parser_kwargs={name: defaults for name in SUBCOMMANDS},
             save_config_kwargs={"overwrite": True},
         )
