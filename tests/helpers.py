@@ -84,3 +84,12 @@ def retro_data(corpus_dir: Path, tmp_path: Path, **overrides):
     dm.prepare_data()
     dm.setup("fit")
     return dm
+
+
+def xlab_data(corpus_dir: Path, tmp_path: Path, **overrides):
+    """An XLabDataModule over the test corpus with a cache of its own: blocks of 16, batches of 4."""
+    from xlab.datamodules import XLabDataModule
+
+    settings = dict(sources=[{"kind": "text_folder", "path": str(corpus_dir)}], cache_dir=str(tmp_path / "cache"),
+                    vocab_size=TOKENIZER_SIZE, max_len=16, batch_size=4)
+    return XLabDataModule(**(settings | overrides))

@@ -1,16 +1,20 @@
-"""Callbacks the CLI always installs: step-exact last checkpoints, a run summary, predictions."""
+"""Callbacks the CLI always installs: step-exact last checkpoints, the random state that makes a
+resume exact, a run summary, predictions."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+
+from xlab.files import written_aside_
 
 
 class XLabCheckpoint(ModelCheckpoint):
@@ -24,6 +28,47 @@ class XLabCheckpoint(ModelCheckpoint):
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         super().on_train_end(trainer, pl_module)
+
+
+class RandomState(L.Callback):
+    """Carries the random generators' state in every checkpoint and puts it back on resume.
+
+    Without it a resumed run draws other random numbers than the uninterrupted one (dropout,
+    MemoryGPT2's sampled store decisions), so its losses part ways a step after the resume even
+    when it sees the same batches. The state goes back just before the first training batch, not
+    when the checkpoint is read: what the trainer does in between (sanity validation, building
+    loaders) is not what the uninterrupted run did at that point. Stored as tensors and numbers,
+    so a checkpoint still loads with weights_only=True.
+    """
+
+    def __init__(self):
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        version, mt, gauss = random.getstate()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {"torch": torch.get_rng_state(),
+                 "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+                 "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                           "has_gauss": has_gauss, "gauss": cached}}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending = state
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if self._pending is None:
+            return
+        state, self._pending = self._pending, None
+        torch.set_rng_state(state["torch"])
+        python = state["python"]
+        random.setstate((python["version"], tuple(python["mt"].tolist()), python["gauss"]))
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class RunSummary(L.Callback):
@@ -83,13 +128,10 @@ class DocumentScoreWriter(BasePredictionWriter):
         if not trainer.is_global_zero:
             return
         path = Path(self.output_path or Path(trainer.log_dir or ".") / "predictions.jsonl")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as out:
+        with written_aside_(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
             for doc_id, (nll, tokens, num_bytes) in zip(self.ids, sums.cpu().tolist()):
                 loss = nll / max(tokens, 1)
                 out.write(json.dumps({"document": doc_id, "tokens": int(tokens), "nll": round(nll, 4),
                                       "loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3),
                                       "bpb": round(nll / math.log(2) / max(num_bytes, 1), 4)}) + "\n")
-        os.replace(tmp, path)
         print(f"xlab: per-document scores of {len(self.ids)} predict documents in {path}")

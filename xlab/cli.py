@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from xlab.callbacks import DocumentScoreWriter, RunSummary, XLabCheckpoint
+from xlab.callbacks import DocumentScoreWriter, RandomState, RunSummary, XLabCheckpoint
 from xlab.checkpoint import read_checkpoint
 from xlab.cli_errors import XLabArgumentParser
 from xlab.datamodules import XLabDataModule
@@ -175,7 +175,7 @@ def main(args: list[str] | None = None) -> XLabCLI | None:
             args=args,
             auto_configure_optimizers=False,
             parser_class=XLabArgumentParser,
-            trainer_defaults={"callbacks": [RunSummary()]},
+            trainer_defaults={"callbacks": [RunSummary(), RandomState()]},
             parser_kwargs={name: defaults for name in SUBCOMMANDS},
             save_config_callback=RunConfigSaver,
             save_config_kwargs={"overwrite": True},

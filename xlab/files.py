@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 
@@ -33,6 +33,16 @@ def written_aside_(path: str | Path) -> Iterator[Path]:
         replace_(tmp, path)
     finally:
         _remove(tmp)
+
+
+@contextmanager
+def written_aside_together_(*paths: str | Path) -> Iterator[tuple[Path, ...]]:
+    """`written_aside_` for files that only make sense together: one temporary path each, all
+    renamed into place in the order given once the block succeeds, none if it fails."""
+    with ExitStack() as stack:
+        # ExitStack leaves in reverse order of entry: enter the last path first.
+        tmps = [stack.enter_context(written_aside_(path)) for path in reversed(paths)]
+        yield tuple(reversed(tmps))
 
 
 def replace_(tmp: Path, path: Path) -> None:

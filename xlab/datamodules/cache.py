@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from xlab.files import written_aside_
 
 COMPLETE = "meta.json"  # written last inside the folder: its presence marks a finished build
 
@@ -35,16 +36,9 @@ def build_once_(folder: Path, build: Callable[[Path], None], rebuild: bool = Fal
     with FileLock(str(folder) + ".lock"):
         if (folder / COMPLETE).exists() and not rebuild:
             return folder
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
+        with written_aside_(folder) as tmp:
+            tmp.mkdir()
             build(tmp)
             if not (tmp / COMPLETE).exists():
                 raise RuntimeError(f"cache build for {folder} finished without writing {COMPLETE}")
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder

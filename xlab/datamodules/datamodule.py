@@ -16,10 +16,12 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from xlab.datamodules.cache import build_once_, default_cache_root, settings_key
 from xlab.datamodules.datasets import BlockDataset, DocumentWindows, pad_collate
 from xlab.datamodules.encode import build_encoded_corpus_, open_tokens
+from xlab.datamodules.resumable import resumable_loader, run_seed
 from xlab.datamodules.sources import build_source
 from xlab.datamodules.splits import SPLITS, check_fractions
 from xlab.datamodules.tokenizer import EOS_ID, PAD_ID, SOS_ID, Tokenizer
@@ -161,35 +163,51 @@ class XLabDataModule(L.LightningDataModule):
     def document_offsets(self, split: str) -> np.ndarray:
         return np.load(self.cache_folder / f"{split}.offsets.npy")
 
-    def blocks(self, split: str, stride: int | None = None) -> BlockDataset:
+    def block_tokens(self, split: str) -> np.ndarray:
+        """The split's tokens, once it is known to hold at least one block."""
         max_len = self.hparams.max_len
         tokens = self.tokens[split]
         if len(tokens) < max_len + 1:
             raise XLabError(f"the {split} split has {len(tokens)} tokens, fewer than max_len + 1 = {max_len + 1}: "
                             "lower the model's max_len, add data, or raise that split's fraction.")
-        return BlockDataset(tokens, max_len, stride or max_len, self.token_bytes)
+        return tokens
 
-    def _loader(self, dataset, shuffle: bool, batch_size: int, **kwargs) -> DataLoader:
+    def blocks(self, split: str, stride: int | None = None) -> BlockDataset:
+        max_len = self.hparams.max_len
+        return BlockDataset(self.block_tokens(split), max_len, stride or max_len, self.token_bytes)
+
+    def _loader_settings(self) -> dict[str, Any]:
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), **kwargs)
+        # A loader's own generator seeds its workers, so starting an epoch draws nothing from the
+        # global generator and a resumed run's random numbers stay those of the uninterrupted one.
+        return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": torch.cuda.is_available(),
+                "generator": torch.Generator().manual_seed(run_seed())}
+
+    def _loader(self, dataset, batch_size: int | None, **kwargs) -> DataLoader:
+        """An evaluation loader: in order, never resumed mid-way."""
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **self._loader_settings(), **kwargs)
+
+    def _train_loader(self, dataset, shuffle: bool, batch_size: int | None, **kwargs) -> StatefulDataLoader:
+        """The train loader: a checkpoint taken mid-epoch resumes at the next batch of the same order."""
+        return resumable_loader(dataset, shuffle, batch_size, **self._loader_settings(), **kwargs)
 
     @property
     def eval_batch_size(self) -> int:
         return self.hparams.eval_batch_size or self.hparams.batch_size
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.blocks("train", self.hparams.stride), True, self.hparams.batch_size, drop_last=True)
+        return self._train_loader(self.blocks("train", self.hparams.stride), True, self.hparams.batch_size,
+                                  drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.blocks("val"), False, self.eval_batch_size)
+        return self._loader(self.blocks("val"), self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.blocks("test"), False, self.eval_batch_size)
+        return self._loader(self.blocks("test"), self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
         windows = DocumentWindows(self.tokens["predict"], self.document_offsets("predict"),
                                   self.hparams.max_len, self.token_bytes)
         if len(windows) == 0:
             raise XLabError("the predict split is empty: give it a share in data.split_fractions.")
-        return self._loader(windows, False, self.eval_batch_size, collate_fn=pad_collate(PAD_ID))
+        return self._loader(windows, self.eval_batch_size, collate_fn=pad_collate(PAD_ID))

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from xlab.datamodules.cache import settings_key
 from xlab.datamodules.datamodule import XLabDataModule
-from xlab.datamodules.datasets import IGNORE_INDEX, DocumentWindows, pad_collate
+from xlab.datamodules.datasets import IGNORE_INDEX, BlockDataset, DocumentWindows, pad_collate
 from xlab.datamodules.tokenizer import PAD_ID
 from xlab.errors import XLabError
 
@@ -62,14 +62,13 @@ class RetroTrainDataset(Dataset):
         return item
 
 
-class RetroEvalDataset(Dataset):
+class RetroEvalDataset(BlockDataset):
     """Non-overlapping blocks of an evaluation split with neighbour chunk ids searched up front."""
 
     def __init__(self, tokens: np.ndarray, block_size: int, token_bytes: np.ndarray, database,
                  retrieval: Retrieval, k: int, seed: int = 0):
-        self.tokens, self.block_size, self.token_bytes, self.db = tokens, block_size, token_bytes, database
-        self.retrieval, self.k, self.seed = retrieval, k, seed
-        self.length = max(0, (len(tokens) - block_size - 1) // block_size + 1)
+        super().__init__(tokens, block_size, block_size, token_bytes)
+        self.db, self.retrieval, self.k, self.seed = database, retrieval, k, seed
         L = database.chunk_size
         self.m = block_size // L
         self.ids = None
@@ -78,14 +77,8 @@ class RetroEvalDataset(Dataset):
             ids = [database.search_ids(inputs[r:r + 65536].reshape(-1, L), k) for r in range(0, len(inputs), 65536)]
             self.ids = np.concatenate(ids).reshape(self.length, self.m, k)
 
-    def __len__(self) -> int:
-        return self.length
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        start = index * self.block_size
-        window = np.asarray(self.tokens[start:start + self.block_size + 1], dtype=np.int64)
-        item = {"input_ids": torch.from_numpy(window[:-1]), "labels": torch.from_numpy(window[1:]),
-                "num_bytes": torch.tensor(int(self.token_bytes[window[1:]].sum()))}
+        item = super().__getitem__(index)
         if self.retrieval == "neighbours":
             item["retrieved"] = torch.from_numpy(self.db.tokens_of(self.ids[index]).astype(np.int64))
         elif self.retrieval == "random":
@@ -119,20 +112,6 @@ class RetroDataModule(XLabDataModule):
 
     def __init__(
         self,
-        sources: list[dict[str, Any]] | None = None,
-        cache_dir: str | None = None,
-        vocab_size: int = 4096,
-        tokenizer_type: Literal["bpe", "unigram"] = "bpe",
-        special_tokens: list[str] | None = None,
-        split_fractions: tuple[float, float, float, float] = (0.9, 0.05, 0.025, 0.025),
-        split_salt: int = 0,
-        max_documents: int | None = None,
-        max_len: int = 256,
-        stride: int | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        reprocess: bool = False,
         chunk_size: int = 16,
         k: int = 2,
         retrieval: Retrieval = "neighbours",
@@ -142,10 +121,9 @@ class RetroDataModule(XLabDataModule):
         max_index_memory_usage: str = "1G",
         database_dir: str | None = None,
         seed: int = 0,
+        **kwargs: Any,
     ):
-        super().__init__(sources, cache_dir, vocab_size, tokenizer_type, special_tokens, split_fractions, split_salt,
-                         max_documents, max_len, stride, batch_size, eval_batch_size, num_workers, reprocess)
-        self.save_hyperparameters()
+        super().__init__(**kwargs)  # its save_hyperparameters() records these arguments too
         if chunk_size < 1 or self.hparams.max_len % chunk_size:
             raise XLabError(f"data chunk_size={chunk_size} must divide max_len={self.hparams.max_len} "
                             "(the model's context): choose a chunk size that divides it.")
@@ -230,28 +208,25 @@ class RetroDataModule(XLabDataModule):
         if split == "train":
             return RetroTrainDataset(self.database, self.token_bytes, hp.retrieval, hp.k, hp.seed)
         if split not in self._eval:
-            if len(self.tokens[split]) < hp.max_len + 1:
-                raise XLabError(f"the {split} split has {len(self.tokens[split])} tokens, fewer than max_len + 1 = "
-                                f"{hp.max_len + 1}: lower the model's max_len, add data, or raise that split's fraction.")
-            self._eval[split] = RetroEvalDataset(self.tokens[split], hp.max_len, self.token_bytes, self.database,
+            self._eval[split] = RetroEvalDataset(self.block_tokens(split), hp.max_len, self.token_bytes, self.database,
                                                  hp.retrieval, hp.k, hp.seed)
         return self._eval[split]
 
     def train_dataloader(self):
-        return self._loader(self._dataset("train"), True, self.hparams.batch_size, drop_last=True)
+        return self._train_loader(self._dataset("train"), True, self.hparams.batch_size, drop_last=True)
 
     def val_dataloader(self):
-        return self._loader(self._dataset("val"), False, self.eval_batch_size)
+        return self._loader(self._dataset("val"), self.eval_batch_size)
 
     def test_dataloader(self):
-        return self._loader(self._dataset("test"), False, self.eval_batch_size)
+        return self._loader(self._dataset("test"), self.eval_batch_size)
 
     def predict_dataloader(self):
         windows = DocumentWindows(self.tokens["predict"], self.document_offsets("predict"), self.hparams.max_len,
                                   self.token_bytes)
         if len(windows) == 0:
             raise XLabError("the predict split is empty: give it a share in data.split_fractions.")
-        return self._loader(windows, False, self.eval_batch_size, collate_fn=self._predict_collate())
+        return self._loader(windows, self.eval_batch_size, collate_fn=self._predict_collate())
 
     def _predict_collate(self):
         pad, hp, db = pad_collate(PAD_ID), self.hparams, self.database

@@ -10,7 +10,7 @@ source), which labels are answers (`answer_mask`).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,28 +68,8 @@ class StreamDataModule(XLabDataModule):
         to the tokenizer's special tokens, so each stays one token.
     """
 
-    def __init__(
-        self,
-        sources: list[dict[str, Any]] | None = None,
-        cache_dir: str | None = None,
-        vocab_size: int = 4096,
-        tokenizer_type: Literal["bpe", "unigram"] = "bpe",
-        special_tokens: list[str] | None = None,
-        split_fractions: tuple[float, float, float, float] = (0.9, 0.05, 0.025, 0.025),
-        split_salt: int = 0,
-        max_documents: int | None = None,
-        max_len: int = 256,
-        stride: int | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        reprocess: bool = False,
-        answer_marker: str | None = None,
-    ):
-        # Spelled out rather than **kwargs: the signature is the CLI's schema.
-        super().__init__(sources, cache_dir, vocab_size, tokenizer_type, special_tokens, split_fractions, split_salt,
-                         max_documents, max_len, stride, batch_size, eval_batch_size, num_workers, reprocess)
-        self.save_hyperparameters()
+    def __init__(self, answer_marker: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)  # its save_hyperparameters() records these arguments too
         declared = [getattr(s, "answer_marker", None) for s in self.sources]
         self.answer_marker = answer_marker or next((m for m in declared if m), None)
 
@@ -118,15 +98,12 @@ class StreamDataModule(XLabDataModule):
                             "lower the batch size or max_len, or add data.")
         return blocks
 
-    def _stream_loader(self, split: str, rows: int) -> DataLoader:
-        # batch_size=None: each item already is a batch, in order.
-        return self._loader(self.streams(split, rows), False, None)
-
+    # batch_size=None: each item already is a batch, in order.
     def train_dataloader(self) -> DataLoader:
-        return self._stream_loader("train", self.hparams.batch_size)
+        return self._train_loader(self.streams("train", self.hparams.batch_size), False, None)
 
     def val_dataloader(self) -> DataLoader:
-        return self._stream_loader("val", self.eval_batch_size)
+        return self._loader(self.streams("val", self.eval_batch_size), None)
 
     def test_dataloader(self) -> DataLoader:
-        return self._stream_loader("test", self.eval_batch_size)
+        return self._loader(self.streams("test", self.eval_batch_size), None)

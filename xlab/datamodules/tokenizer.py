@@ -17,6 +17,7 @@ import numpy as np
 import sentencepiece as spm
 
 from xlab.errors import XLabError
+from xlab.files import write_bytes_
 
 PAD, UNK, SOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 PAD_ID, UNK_ID, SOS_ID, EOS_ID = 0, 1, 2, 3
@@ -87,7 +88,7 @@ class Tokenizer:
         return cls(path.read_bytes())
 
     def save_(self, path: str | Path) -> None:
-        Path(path).write_bytes(self._proto)
+        write_bytes_(path, self._proto)
 
     def to_bytes(self) -> bytes:
         return self._proto

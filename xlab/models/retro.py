@@ -25,7 +25,6 @@ attention: one batched call per layer in training, one call per chunk a decoding
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -31,13 +31,13 @@ so memory beyond the memmaps stays bounded whatever the corpus size.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from xlab.errors import XLabError
+from xlab.files import written_aside_together_
 
 CHUNKS, CHUNK_DOC_IDS, DOC_CHUNK_OFFSETS, SEQ_STARTS = (
     "chunks.npy", "chunk_doc_ids.npy", "doc_chunk_offsets.npy", "seq_starts.npy")
@@ -69,64 +69,59 @@ def chunk_tokens_(
     n_docs = len(doc_offsets) - 1
     m = seq_len // chunk_size
 
-    # Pass 1 over the offsets: chunk counts per document (written as offsets) and sequence counts.
-    dco_tmp = _aside(out_dir / DOC_CHUNK_OFFSETS)
-    dco = np.lib.format.open_memmap(dco_tmp, mode="w+", dtype=np.int64, shape=(n_docs + 1,))
-    n_chunks, n_seqs, covered = 0, 0, 0
-    dco[0] = 0
-    for d0 in range(0, n_docs, DOC_BATCH):
-        d1 = min(n_docs, d0 + DOC_BATCH)
-        lengths = np.diff(np.asarray(doc_offsets[d0:d1 + 1], dtype=np.int64))
-        per_doc = (lengths + chunk_size - 1) // chunk_size
-        dco[d0 + 1:d1 + 1] = n_chunks + np.cumsum(per_doc)
-        n_chunks += int(per_doc.sum())
-        n_seqs += int(_seq_counts(per_doc, m).sum())
-        covered += int(per_doc[per_doc >= m].sum())
-    dco.flush()
+    names = (CHUNK_DOC_IDS, DOC_CHUNK_OFFSETS, SEQ_STARTS, CHUNKS)
+    with written_aside_together_(*(out_dir / name for name in names)) as (ids_tmp, dco_tmp, seq_tmp, chunks_tmp):
+        # Pass 1 over the offsets: chunk counts per document (written as offsets) and sequence counts.
+        dco = np.lib.format.open_memmap(dco_tmp, mode="w+", dtype=np.int64, shape=(n_docs + 1,))
+        n_chunks, n_seqs, covered = 0, 0, 0
+        dco[0] = 0
+        for d0 in range(0, n_docs, DOC_BATCH):
+            d1 = min(n_docs, d0 + DOC_BATCH)
+            lengths = np.diff(np.asarray(doc_offsets[d0:d1 + 1], dtype=np.int64))
+            per_doc = (lengths + chunk_size - 1) // chunk_size
+            dco[d0 + 1:d1 + 1] = n_chunks + np.cumsum(per_doc)
+            n_chunks += int(per_doc.sum())
+            n_seqs += int(_seq_counts(per_doc, m).sum())
+            covered += int(per_doc[per_doc >= m].sum())
+        dco.flush()
 
-    # Pass 2 over the tokens: copy every window to its padded position. The file starts zeroed
-    # (open_memmap extends a sparse file), so padding only needs writing when pad_id is not 0.
-    chunks_tmp = _aside(out_dir / CHUNKS)
-    chunks = np.lib.format.open_memmap(chunks_tmp, mode="w+", dtype=np.int32, shape=(n_chunks, chunk_size))
-    if pad_id != 0:
+        # Pass 2 over the tokens: copy every window to its padded position. The file starts zeroed
+        # (open_memmap extends a sparse file), so padding only needs writing when pad_id is not 0.
+        chunks = np.lib.format.open_memmap(chunks_tmp, mode="w+", dtype=np.int32, shape=(n_chunks, chunk_size))
+        if pad_id != 0:
+            for r0 in range(0, n_chunks, ROW_BATCH):
+                chunks[r0:r0 + ROW_BATCH] = pad_id
+        flat = chunks.reshape(-1)
+        n_tokens = int(doc_offsets[-1])
+        for t0 in range(0, n_tokens, batch_tokens):
+            t1 = min(n_tokens, t0 + batch_tokens)
+            first, owners = _owners(doc_offsets, t0, t1)
+            # Token p of document d lands at dco[d] * chunk_size + (p - doc_offsets[d]).
+            local = slice(first, first + len(owners) + 1)
+            shift = np.asarray(dco[local][:-1]) * chunk_size - np.asarray(doc_offsets[local][:-1], dtype=np.int64)
+            dest = np.arange(t0, t1, dtype=np.int64) + np.repeat(shift, owners)
+            flat[dest] = tokens[t0:t1]
+            if progress:
+                progress(t1 - t0)
+        chunks.flush()
+
+        # The document of every chunk, in row windows.
+        doc_ids = np.lib.format.open_memmap(ids_tmp, mode="w+", dtype=np.int64, shape=(n_chunks,))
         for r0 in range(0, n_chunks, ROW_BATCH):
-            chunks[r0:r0 + ROW_BATCH] = pad_id
-    flat = chunks.reshape(-1)
-    n_tokens = int(doc_offsets[-1])
-    for t0 in range(0, n_tokens, batch_tokens):
-        t1 = min(n_tokens, t0 + batch_tokens)
-        first, owners = _owners(doc_offsets, t0, t1)
-        # Token p of document d lands at dco[d] * chunk_size + (p - doc_offsets[d]).
-        local = slice(first, first + len(owners) + 1)
-        shift = np.asarray(dco[local][:-1]) * chunk_size - np.asarray(doc_offsets[local][:-1], dtype=np.int64)
-        dest = np.arange(t0, t1, dtype=np.int64) + np.repeat(shift, owners)
-        flat[dest] = tokens[t0:t1]
-        if progress:
-            progress(t1 - t0)
-    chunks.flush()
+            r1 = min(n_chunks, r0 + ROW_BATCH)
+            first, owners = _owners(dco, r0, r1)
+            doc_ids[r0:r1] = np.repeat(np.arange(first, first + len(owners), dtype=np.int64), owners)
+        doc_ids.flush()
 
-    # The document of every chunk, in row windows.
-    ids_tmp = _aside(out_dir / CHUNK_DOC_IDS)
-    doc_ids = np.lib.format.open_memmap(ids_tmp, mode="w+", dtype=np.int64, shape=(n_chunks,))
-    for r0 in range(0, n_chunks, ROW_BATCH):
-        r1 = min(n_chunks, r0 + ROW_BATCH)
-        first, owners = _owners(dco, r0, r1)
-        doc_ids[r0:r1] = np.repeat(np.arange(first, first + len(owners), dtype=np.int64), owners)
-    doc_ids.flush()
+        seqs = np.lib.format.open_memmap(seq_tmp, mode="w+", dtype=np.int64, shape=(n_seqs,))
+        written = 0
+        for d0 in range(0, n_docs, DOC_BATCH):
+            starts = sequence_starts(np.asarray(dco[d0:min(n_docs, d0 + DOC_BATCH) + 1]), m)
+            seqs[written:written + len(starts)] = starts
+            written += len(starts)
+        seqs.flush()
 
-    seq_tmp = _aside(out_dir / SEQ_STARTS)
-    seqs = np.lib.format.open_memmap(seq_tmp, mode="w+", dtype=np.int64, shape=(n_seqs,))
-    written = 0
-    for d0 in range(0, n_docs, DOC_BATCH):
-        starts = sequence_starts(np.asarray(dco[d0:min(n_docs, d0 + DOC_BATCH) + 1]), m)
-        seqs[written:written + len(starts)] = starts
-        written += len(starts)
-    seqs.flush()
-
-    del chunks, flat, doc_ids, seqs, dco  # unmap before renaming
-    for name, tmp in ((CHUNK_DOC_IDS, ids_tmp), (DOC_CHUNK_OFFSETS, dco_tmp), (SEQ_STARTS, seq_tmp),
-                      (CHUNKS, chunks_tmp)):
-        os.replace(tmp, out_dir / name)
+        del chunks, flat, doc_ids, seqs, dco  # unmapped before they are renamed into place
     return {
         "n_tokens": n_tokens, "n_docs": n_docs, "n_chunks": n_chunks, "n_seqs": n_seqs,
         "chunk_size": chunk_size, "seq_len": seq_len, "pad_id": pad_id,
@@ -223,8 +218,3 @@ def _gather(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
     out[order] = array[rows[order]]
     return out
-
-
-def _aside(path: Path) -> Path:
-    """The temporary name an artefact is written under before it is renamed into place."""
-    return path.with_name(path.name + ".tmp")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from xlab.errors import XLabError
+from xlab.files import write_text_, written_aside_
 from xlab.retrieval.chunking import (CHUNK_FILES, CHUNKS, chunk_tokens_, chunks_sha256, neighbour_tokens,
                                      open_chunks)
 from xlab.retrieval.embedders import Embedder, embed_chunks_, make_embedder
@@ -317,15 +317,13 @@ def _input_signature(tokens: np.ndarray, doc_offsets: np.ndarray, bars: _Bars) -
 
 
 def _save_state_(embedder: Embedder, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")  # np.savez appends .npz to other names
-    np.savez(tmp, **embedder.state())
-    os.replace(tmp, path)
+    # Through a file object: given a name, np.savez would append .npz to the temporary one.
+    with written_aside_(path) as tmp, open(tmp, "wb") as out:
+        np.savez(out, **embedder.state())
 
 
 def _write_json_(path: Path, content: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2, default=str))
-    os.replace(tmp, path)
+    write_text_(path, json.dumps(content, indent=2, default=str))
 
 
 def _describe_files(out_dir: Path) -> dict[str, dict]:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from xlab.errors import XLabError
+from xlab.files import written_aside_
 
 Progress = Callable[[int], None]
 
@@ -342,14 +343,13 @@ def embed_chunks_(embedder: Embedder, chunks: np.ndarray, out_path: str | Path, 
                   progress: Progress | None = None) -> Path:
     """Embed all chunks in batches into an (N, dim) float32 `.npy` memmap, written aside then renamed."""
     out_path = Path(out_path)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(chunks), embedder.dim))
-    for r0 in range(0, len(chunks), batch_size):
-        batch = np.asarray(chunks[r0:r0 + batch_size])
-        out[r0:r0 + len(batch)] = embedder.embed(batch)
-        if progress:
-            progress(len(batch))
-    out.flush()
-    del out
-    os.replace(tmp, out_path)
+    with written_aside_(out_path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(chunks), embedder.dim))
+        for r0 in range(0, len(chunks), batch_size):
+            batch = np.asarray(chunks[r0:r0 + batch_size])
+            out[r0:r0 + len(batch)] = embedder.embed(batch)
+            if progress:
+                progress(len(batch))
+        out.flush()
+        del out  # unmapped before it is renamed into place
     return out_path

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 import warnings
@@ -47,6 +46,7 @@ import faiss
 import numpy as np
 
 from xlab.errors import XLabError
+from xlab.files import written_aside_together_
 
 Progress = Callable[[int], None]
 
@@ -165,20 +165,18 @@ def build_index_(
     tuning = _tune(index, queries, truth, k, target_recall, search_time_budget_s / n)
     recall, qps = _recall(index, queries, truth, k)
 
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    report = {
-        "factory": index_factory, "chosen_automatically": automatic, "metric": metric, "n": int(n), "dim": int(dim),
-        "budget_bytes": budget, "estimated_bytes": estimated, "index_bytes": tmp.stat().st_size,
-        "train_size": trained_on, "search_params": _search_params(index),
-        f"recall_at_{k}": recall, "recall": recall, "k": k, "n_queries": len(queries), "queries_per_s": qps,
-        "projected_search_all_s": round(n / qps, 1), "tuning": tuning, "gpu": gpu is not None,
-        "build_seconds": round(time.time() - started, 2),
-    }
-    rp = report_path(out_path)
-    rp.with_name(rp.name + ".tmp").write_text(json.dumps(report, indent=2))
-    os.replace(rp.with_name(rp.name + ".tmp"), rp)
-    os.replace(tmp, out_path)  # last: an index file with no report next to it cannot happen
+    # The report is renamed first: an index file with no report next to it cannot happen.
+    with written_aside_together_(report_path(out_path), out_path) as (report_tmp, tmp):
+        faiss.write_index(index, str(tmp))
+        report = {
+            "factory": index_factory, "chosen_automatically": automatic, "metric": metric, "n": int(n),
+            "dim": int(dim), "budget_bytes": budget, "estimated_bytes": estimated, "index_bytes": tmp.stat().st_size,
+            "train_size": trained_on, "search_params": _search_params(index),
+            f"recall_at_{k}": recall, "recall": recall, "k": k, "n_queries": len(queries), "queries_per_s": qps,
+            "projected_search_all_s": round(n / qps, 1), "tuning": tuning, "gpu": gpu is not None,
+            "build_seconds": round(time.time() - started, 2),
+        }
+        report_tmp.write_text(json.dumps(report, indent=2))
     return report
 
 

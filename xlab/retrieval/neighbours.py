@@ -11,7 +11,6 @@ Output: (N, k) int64 `.npy` memmap of chunk ids, written in query batches aside,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import faiss
 import numpy as np
 
 from xlab.errors import XLabError
+from xlab.files import written_aside_
 from xlab.retrieval.index import load_index, to_gpu_if_available
 
 Progress = Callable[[int], None]
@@ -47,24 +47,23 @@ def precompute_neighbours_(
         raise XLabError(f"{n} embeddings but {len(chunk_doc_ids)} chunk document ids: they come from different builds.")
     gpu = to_gpu_if_available(index)
     searcher = gpu if gpu is not None else index
-    out_path = Path(out_path)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(n, k))
     short, missing = 0, 0
-    for r0 in range(0, n, batch_size):
-        queries = np.ascontiguousarray(embeddings[r0:r0 + batch_size], dtype=np.float32)
-        _, candidates = searcher.search(queries, min(k + num_extra_neighbors, n))
-        rows = np.arange(r0, r0 + len(queries), dtype=np.int64)
-        kept = filter_neighbours(candidates, chunk_doc_ids, k, np.asarray(chunk_doc_ids[r0:r0 + len(queries)]), rows)
-        out[r0:r0 + len(queries)] = kept
-        found = (kept >= 0).sum(axis=1)
-        short += int((found < k).sum())
-        missing += int(k * len(kept) - found.sum())
-        if progress:
-            progress(len(queries))
-    out.flush()
-    del out
-    os.replace(tmp, out_path)
+    with written_aside_(out_path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(n, k))
+        for r0 in range(0, n, batch_size):
+            queries = np.ascontiguousarray(embeddings[r0:r0 + batch_size], dtype=np.float32)
+            _, candidates = searcher.search(queries, min(k + num_extra_neighbors, n))
+            rows = np.arange(r0, r0 + len(queries), dtype=np.int64)
+            kept = filter_neighbours(candidates, chunk_doc_ids, k, np.asarray(chunk_doc_ids[r0:r0 + len(queries)]),
+                                     rows)
+            out[r0:r0 + len(queries)] = kept
+            found = (kept >= 0).sum(axis=1)
+            short += int((found < k).sum())
+            missing += int(k * len(kept) - found.sum())
+            if progress:
+                progress(len(queries))
+        out.flush()
+        del out  # unmapped before it is renamed into place
     return {"n": n, "k": k, "num_extra_neighbors": num_extra_neighbors, "short_rows": short,
             "missing_neighbours": missing}
 
