@@ -71,8 +71,15 @@ def check_saved_class(ckpt: dict[str, Any], expected: type) -> None:
     if class_path is None:
         return
     name = class_path.rpartition(".")[2]
-    if name not in {cls.__name__ for cls in _family(expected)}:
-        raise wrong_class_error(name, expected)
+    if name in {cls.__name__ for cls in _family(expected)}:
+        return
+    # The topmost XLab class above `expected` (LanguageModel) knows every model by its subclasses.
+    base = [klass for klass in expected.__mro__ if klass.__module__.startswith("xlab.")][-1]
+    known = sorted(cls.__name__ for cls in _family(base) if cls is not base)
+    if name not in known:
+        raise XLabError(f"model class {class_path!r} is not an XLab model; known: "
+                        f"{', '.join('xlab.models.' + n for n in known)}.")
+    raise wrong_class_error(name, expected)
 
 
 def wrong_class_error(name: str, expected: type) -> XLabError:
