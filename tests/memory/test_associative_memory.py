@@ -266,27 +266,27 @@ def test_factory_string_index():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "kwargs, message",
     [
-        dict(memory_size=0, memory_dim=DIM),
-        dict(memory_size=10, memory_dim=0),
-        dict(memory_size=10, memory_dim=DIM, metric="cosine"),
-        dict(memory_size=10, memory_dim=DIM, eviction="random"),
-        dict(memory_size=10, memory_dim=DIM, forgetfulness_factor=1.0),
-        dict(memory_size=10, memory_dim=DIM, forgetfulness_factor=-0.1),
-        dict(memory_size=10, memory_dim=DIM, num_search_results=0),
-        dict(memory_size=10, memory_dim=DIM, index_type="ivf", num_clusters=11),
-        dict(memory_size=10, memory_dim=DIM, index_type="ivf", num_clusters=4, nprobe=5),
-        dict(memory_size=10, memory_dim=DIM, index_type="IVF16,Flat"),
-        dict(memory_size=10, memory_dim=DIM, index_type="NoSuchIndex"),
-        dict(memory_size=10, memory_dim=DIM, index_type="IDMap,IVF2,Flat"),
-        dict(memory_size=10, memory_dim=DIM, min_weight=-1.0),
-        dict(memory_size=10.0, memory_dim=DIM),
-        dict(memory_size=10, memory_dim=DIM, device="tpu"),
+        (dict(memory_size=0, memory_dim=DIM), "memory_size must be an integer >= 1, got 0"),
+        (dict(memory_size=10, memory_dim=0), "memory_dim must be an integer >= 1, got 0"),
+        (dict(memory_size=10, memory_dim=DIM, metric="cosine"), "unknown metric 'cosine': use one of ip, l2"),
+        (dict(memory_size=10, memory_dim=DIM, eviction="random"), "unknown eviction 'random'"),
+        (dict(memory_size=10, memory_dim=DIM, forgetfulness_factor=1.0), r"forgetfulness_factor must be in \[0, 1\)"),
+        (dict(memory_size=10, memory_dim=DIM, forgetfulness_factor=-0.1), "got -0.1"),
+        (dict(memory_size=10, memory_dim=DIM, num_search_results=0), "num_search_results must be an integer >= 1"),
+        (dict(memory_size=10, memory_dim=DIM, index_type="ivf", num_clusters=11), "num_clusters=11, memory_size=10"),
+        (dict(memory_size=10, memory_dim=DIM, index_type="ivf", num_clusters=4, nprobe=5), "nprobe must be in"),
+        (dict(memory_size=10, memory_dim=DIM, index_type="IVF16,Flat"), "has 16 clusters but memory_size is 10"),
+        (dict(memory_size=10, memory_dim=DIM, index_type="NoSuchIndex"), "unknown index_type 'NoSuchIndex'"),
+        (dict(memory_size=10, memory_dim=DIM, index_type="IDMap,IVF2,Flat"), "drop the IDMap prefix"),
+        (dict(memory_size=10, memory_dim=DIM, min_weight=-1.0), "min_weight must be >= 0, got -1.0"),
+        (dict(memory_size=10.0, memory_dim=DIM), "memory_size must be an integer >= 1, got 10.0"),
+        (dict(memory_size=10, memory_dim=DIM, device="tpu"), "unknown device 'tpu': use one of auto, cpu, cuda"),
     ],
 )
-def test_bad_construction_raises(kwargs):
-    with pytest.raises(XLabError):
+def test_bad_construction_raises(kwargs, message):
+    with pytest.raises(XLabError, match=message):
         AssociativeMemory(**kwargs)
 
 
