@@ -56,30 +56,21 @@ class CheckpointReads:
         return self._read.pop(Path(path).resolve(), None)
 
 
-class ReadOnceCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO, answering a restore from the dict the CLI has read already."""
+class ReadOnceCheckpointIO:
+    """The Trainer's checkpoint IO, answering a restore from the dict the CLI has read already.
 
-    def __init__(self, reads: CheckpointReads):
-        super().__init__()
-        self.reads = reads
+    It wraps the IO rather than subclassing it, so it is not offered as a plugin in `--help`."""
 
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+    def __init__(self, inner, reads: CheckpointReads):
+        self.inner, self.reads = inner, reads
+
+    def load_checkpoint(self, path, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # Both load on the CPU; weights_only=True has already refused pickled code.
         taken = self.reads.take(path) if isinstance(path, (str, Path)) else None
-        if taken is not None:
-            return taken
-        return super().load_checkpoint(path, **({} if map_location is None else {"map_location": map_location}),
-                                       weights_only=weights_only)
+        return taken if taken is not None else self.inner.load_checkpoint(path, *args, **kwargs)
 
-
-class RunConfigSaver(SaveConfigCallback):
-    """Saves the run's config.yaml in the logger's folder. Without a logger a run has no folder
-    (Lightning would fall back to the working directory), so no config is written."""
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if trainer.logger is None:
-            self.save_to_log_dir = False
-        super().setup(trainer, pl_module, stage)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 class XLabCLI(LightningCLI):
@@ -113,7 +104,12 @@ class XLabCLI(LightningCLI):
             callbacks = [*callbacks, RichProgressBar()]
         trainer = super()._instantiate_trainer(config, callbacks)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the run configured
-            trainer.strategy.checkpoint_io = ReadOnceCheckpointIO(self.checkpoint_reads)
+            trainer.strategy.checkpoint_io = ReadOnceCheckpointIO(trainer.strategy.checkpoint_io, self.checkpoint_reads)
+        if trainer.logger is None:
+            # No logger, no run folder: Lightning would save the run's config.yaml in the cwd.
+            for callback in trainer.callbacks:
+                if isinstance(callback, SaveConfigCallback):
+                    callback.save_to_log_dir = False
         return trainer
 
     def parse_arguments(self, parser, args) -> None:
@@ -177,7 +173,6 @@ def main(args: list[str] | None = None) -> XLabCLI | None:
             parser_class=XLabArgumentParser,
             trainer_defaults={"callbacks": [RunSummary(), RandomState()]},
             parser_kwargs={name: defaults for name in SUBCOMMANDS},
-            save_config_callback=RunConfigSaver,
             save_config_kwargs={"overwrite": True},
             checkpoint_reads=reads,
         )
