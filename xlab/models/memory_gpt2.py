@@ -34,6 +34,7 @@ from transformers import DynamicCache, GPT2Config, GPT2Model
 
 from xlab.errors import XLabError
 from xlab.memory import MemoryStore, PendingDeletes
+from xlab.models.blocks import position_ids
 from xlab.models.lm import LanguageModel
 from xlab.models.memory_access import MemoryAccess
 
@@ -199,10 +200,7 @@ class MemoryGPT2(LanguageModel):
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
-        if positions is None:
-            positions = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
-        if past + T > self.hparams.max_len or int(positions.max()) >= self.hparams.max_len:
-            raise ValueError(f"sequence of {past + T} tokens exceeds the model's max_len={self.hparams.max_len}")
+        positions = position_ids(input_ids, past, self.hparams.max_len, positions)
         embeddings = self.transformer.wte(input_ids)  # (B, T, C)
         real = padding_mask[:, -T:].bool() if padding_mask is not None else None
         x, readout, votes = embeddings, None, None
