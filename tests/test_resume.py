@@ -89,7 +89,7 @@ def test_memory_gpt2_resumes_mid_epoch_with_the_same_batches_and_memory(tmp_path
 
     uninterrupted, resumed = assert_resumes_exactly(tmp_path, make_model, data)
     assert resumed.memory_digest() == uninterrupted.memory_digest()
-    assert resumed.memory_digest() != make_model().memory_digest()  # the memory holds what training wrote
+    assert resumed.state_summary()["memory_entries"] > 0  # the memory holds what training wrote
 
 
 def test_epoch_shuffle_is_a_function_of_seed_and_epoch_and_resumes_where_it_stopped():
