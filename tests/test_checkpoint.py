@@ -92,3 +92,10 @@ def test_load_from_checkpoint_refuses_another_kind_in_one_line(tiny_checkpoint):
     with pytest.raises(XLabError, match="holds a model of class XLabModel, not MemoryGPT2"):
         MemoryGPT2.load_from_checkpoint(tiny_checkpoint)
     assert isinstance(XLabModel.load_from_checkpoint(tiny_checkpoint), XLabModel)
+
+
+def test_a_class_that_is_no_xlab_model_is_named_as_such():
+    from xlab.models import XLabModel
+
+    with pytest.raises(XLabError, match="'os.system' is not an XLab model; known: .*xlab.models.XLabModel"):
+        check_saved_class({"hyper_parameters": {"_class_path": "os.system"}}, XLabModel)

@@ -65,17 +65,17 @@ def saved_class_path(ckpt: dict[str, Any]) -> str | None:
 def check_saved_class(ckpt: dict[str, Any], expected: type) -> None:
     """XLabError unless the checkpoint holds an `expected` (or a subclass of it).
 
-    Compares class names with `expected` and its subclasses, so it needs no model imported; a
-    checkpoint that names no class is trusted to be what the caller expects."""
+    Compares class names with the classes defined so far, so it needs no model imported: those of
+    `expected`'s family, and those of its outermost XLab base (LanguageModel) for the known kinds.
+    A checkpoint that names no class is trusted to be what the caller expects."""
     class_path = saved_class_path(ckpt)
     if class_path is None:
         return
     name = class_path.rpartition(".")[2]
     if name in {cls.__name__ for cls in _family(expected)}:
         return
-    # The topmost XLab class above `expected` (LanguageModel) knows every model by its subclasses.
     base = [klass for klass in expected.__mro__ if klass.__module__.startswith("xlab.")][-1]
-    known = sorted(cls.__name__ for cls in _family(base) if cls is not base)
+    known = sorted({cls.__name__ for cls in _family(base) if cls is not base and cls.__module__.startswith("xlab.")})
     if name not in known:
         raise XLabError(f"model class {class_path!r} is not an XLab model; known: "
                         f"{', '.join('xlab.models.' + n for n in known)}.")
