@@ -93,6 +93,7 @@ class XLabCLI(LightningCLI):
         # is built or loaded from the cache at that point) ...
         for name in ("vocab_size", "sos_id", "eos_id", "pad_id"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        parser.link_arguments("data.added_tokens", "model.init_args.added_tokens", apply_on="instantiate")
         # ... and the model's context decides the data's block size.
         parser.link_arguments("model.init_args.max_len", "data.init_args.max_len")
 

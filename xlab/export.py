@@ -85,7 +85,7 @@ def export_checkpoint_(ckpt_path: str | Path, out: str | Path | None = None, for
     """Write the export of a Lightning checkpoint; default folder `<ckpt stem>-export` beside it.
     The model's state beyond its weights (a MemoryGPT2's memory) goes with it unless `keep_memory`
     is False: then the model's `clear_state` empties it first."""
-    from xlab.datamodules import Tokenizer
+    from xlab.datamodules.tokenizer import tokenizer_from_bytes
     from xlab.models.registry import model_from_checkpoint
 
     ckpt_path = Path(ckpt_path)
@@ -93,10 +93,21 @@ def export_checkpoint_(ckpt_path: str | Path, out: str | Path | None = None, for
     model = model_from_checkpoint(ckpt, source=str(ckpt_path))
     if not keep_memory:
         model.clear_state()
-    tokenizer = Tokenizer(tokenizer_bytes(ckpt, str(ckpt_path)))
+    tokenizer = tokenizer_from_bytes(tokenizer_bytes(ckpt, str(ckpt_path)))
     out = Path(out) if out is not None else ckpt_path.with_name(f"{ckpt_path.stem}-export")
     training = {**training_info(ckpt), "checkpoint": str(ckpt_path.resolve())}
-    return write_export_(out, model, {SPM_TOKENIZER: tokenizer.to_bytes()}, "sentencepiece", training, force=force)
+    files, kind = export_tokenizer_files(tokenizer)
+    return write_export_(out, model, files, kind, training, force=force)
+
+
+def export_tokenizer_files(tokenizer) -> tuple[dict[str, bytes], str]:
+    """({path in the export: bytes}, kind) for either kind of tokenizer: a sentencepiece model as
+    tokenizer.model, a pretrained Hugging Face one as the files of its own folder format."""
+    if hasattr(tokenizer, "hf_files"):
+        from xlab.hf_gpt2 import HF_TOKENIZER_DIR
+
+        return {f"{HF_TOKENIZER_DIR}/{name}": data for name, data in tokenizer.hf_files().items()}, "huggingface"
+    return {SPM_TOKENIZER: tokenizer.to_bytes()}, "sentencepiece"
 
 
 def write_export_(out: str | Path, model, tokenizer_files: dict[str, bytes], tokenizer_kind: str,
@@ -212,9 +223,10 @@ def load_export_tokenizer(folder: Path, config: dict[str, Any]):
 
         return Tokenizer.load(folder / SPM_TOKENIZER)
     if kind == "huggingface":
-        from xlab.hf_gpt2 import HF_TOKENIZER_DIR, HFTokenizer
+        from xlab.datamodules.pretrained_tokenizer import PretrainedTokenizer
+        from xlab.hf_gpt2 import HF_TOKENIZER_DIR
 
-        return HFTokenizer(folder / HF_TOKENIZER_DIR)
+        return PretrainedTokenizer.from_folder(folder / HF_TOKENIZER_DIR)
     raise XLabError(f"export {folder} has an unknown tokenizer kind {kind!r}.")
 
 
@@ -230,12 +242,12 @@ def load(path: str | Path, expected: type | None = None, device: str | torch.dev
     path = Path(path)
     if path.is_dir():
         return load_export(path, expected, device)
-    from xlab.datamodules import Tokenizer
+    from xlab.datamodules.tokenizer import tokenizer_from_bytes
     from xlab.models.registry import model_from_checkpoint
 
     ckpt = read_checkpoint(path)
     model = model_from_checkpoint(ckpt, expected, source=str(path)).to(device)
-    tokenizer = Tokenizer(tokenizer_bytes(ckpt, str(path)))
+    tokenizer = tokenizer_from_bytes(tokenizer_bytes(ckpt, str(path)))
     generation = GenerationSettings(eos_class=tokenizer.eos_id)
     class_path = saved_class_path(ckpt) or f"xlab.models.{type(model).__name__}"
     info = {"format": "checkpoint", "path": str(path), "class_path": class_path, **training_info(ckpt)}
@@ -258,7 +270,9 @@ def describe(path: str | Path) -> dict[str, Any]:
     try:
         # sentencepiece directly: importing xlab.datamodules would import Lightning (seconds).
         proto = tokenizer_bytes(ckpt, str(path))
-        tokenizer_size = sentencepiece.SentencePieceProcessor(model_proto=proto).get_piece_size()
+        tokenizer_size = _pretrained_tokenizer_size(proto)
+        if tokenizer_size is None:
+            tokenizer_size = sentencepiece.SentencePieceProcessor(model_proto=proto).get_piece_size()
     except XLabError:
         tokenizer_size = None
     return {"path": str(path), "format": "checkpoint",
@@ -291,6 +305,18 @@ def _tokenizer_size(folder: Path, config: dict[str, Any]) -> int:
 
         return sentencepiece.SentencePieceProcessor(model_file=str(folder / SPM_TOKENIZER)).get_piece_size()
     return len(load_export_tokenizer(folder, config))
+
+
+def _pretrained_tokenizer_size(data: bytes) -> int | None:
+    """The vocabulary size of a pretrained tokenizer's checkpoint bytes; None for sentencepiece."""
+    # pretrained_tokenizer.MAGIC, spelled out: importing xlab.datamodules would import Lightning.
+    magic = b"XLAB-HF-TOKENIZER\n"
+    if not data.startswith(magic):
+        return None
+    from tokenizers import Tokenizer as Backend
+
+    record = json.loads(data[len(magic):].decode("utf-8"))
+    return Backend.from_str(record["tokenizer_json"]).get_vocab_size(with_added_tokens=True)
 
 
 def _state(summary: dict[str, int]) -> dict[str, Any]:

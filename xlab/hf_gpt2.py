@@ -5,8 +5,8 @@ the same parameter names as `GPT2LMHeadModel`; only the layout of the four proje
 differs: GPT-2's Conv1D stores (in, out), our nn.Linear stores (out, in).
 
 Imported GPT-2 models (`xlab.import_hf`) keep their own byte-level BPE tokenizer: an export stores
-the Hugging Face tokenizer files and `HFTokenizer` gives them the encode / decode / [] interface of
-our sentencepiece `Tokenizer`, so sampling and `infer.py` work the same on both. Retokenising GPT-2 with sentencepiece
+the Hugging Face tokenizer files and `xlab.datamodules.pretrained_tokenizer.PretrainedTokenizer`
+gives them the interface of our sentencepiece `Tokenizer`, so sampling and `infer.py` work the same on both. Retokenising GPT-2 with sentencepiece
 would silently change what every id means, so it is not offered.
 """
 
@@ -123,50 +123,8 @@ def hf_tokenizer_files(path: str | Path) -> dict[str, bytes]:
     return {f"{HF_TOKENIZER_DIR}/{name}": data for name, data in files.items()}
 
 
-class HFTokenizer:
-    """A Hugging Face GPT-2 tokenizer behind the interface of `xlab.datamodules.Tokenizer`.
+def HFTokenizer(folder: str | Path):  # noqa: N802  kept for callers of the former class
+    """The Hugging Face tokenizer of an imported model's folder (`PretrainedTokenizer`)."""
+    from xlab.datamodules.pretrained_tokenizer import PretrainedTokenizer
 
-    GPT-2 has one special token, `<|endoftext|>`, which serves as start, end and padding.
-    """
-
-    def __init__(self, folder: str | Path):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import GPT2TokenizerFast
-
-        try:
-            self._tok = GPT2TokenizerFast.from_pretrained(str(folder), local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise XLabError(f"cannot read the Hugging Face tokenizer in {folder}: {str(e).splitlines()[0]}") from None
-        self.eos_token = self._tok.eos_token or "<|endoftext|>"
-        self.sos_token = self._tok.bos_token or self.eos_token
-        self.pad_token = self._tok.pad_token or self.eos_token
-
-    def __len__(self) -> int:
-        return len(self._tok)
-
-    def __getitem__(self, piece: str) -> int:
-        index = self._tok.convert_tokens_to_ids(piece)
-        if index is None or (index == self._tok.unk_token_id and piece != self._tok.unk_token):
-            raise KeyError(f"{piece!r} is not a token of this tokenizer")
-        return index
-
-    @property
-    def sos_id(self) -> int:
-        return self[self.sos_token]
-
-    @property
-    def eos_id(self) -> int:
-        return self[self.eos_token]
-
-    @property
-    def pad_id(self) -> int:
-        return self[self.pad_token]
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False)
-
-    def decode(self, ids: Iterable[int]) -> str:
-        if hasattr(ids, "tolist"):
-            ids = ids.tolist()
-        # No clean-up: it rewrites spaces before punctuation and breaks the round trip.
-        return self._tok.decode([int(i) for i in ids], clean_up_tokenization_spaces=False)
+    return PretrainedTokenizer.from_folder(folder)

@@ -10,7 +10,8 @@ import torch
 
 from xlab import inference
 from xlab.errors import XLabError
-from xlab.hf_gpt2 import HFTokenizer, xlab_from_gpt2
+from xlab.datamodules.pretrained_tokenizer import PretrainedTokenizer
+from xlab.hf_gpt2 import xlab_from_gpt2
 
 from tests.helpers import TOKENIZER_SIZE, load_script
 
@@ -127,7 +128,7 @@ def test_import_hf_writes_an_export_with_the_gpt2_tokenizer(tmp_path):
     hf = write_hf_folder_(tmp_path / "gpt2")
     load_script("manage").main(["import-hf", str(tmp_path / "gpt2"), "-o", str(tmp_path / "export")])
     loaded = load(tmp_path / "export")
-    assert isinstance(loaded.tokenizer, HFTokenizer)
+    assert isinstance(loaded.tokenizer, PretrainedTokenizer)
     text = "the cat  sat, on é!"
     assert loaded.tokenizer.decode(loaded.tokenizer.encode(text)) == text
     assert loaded.tokenizer[loaded.tokenizer.eos_token] == loaded.generation.eos_class == hf.config.eos_token_id

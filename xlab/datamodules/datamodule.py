@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ from xlab.datamodules.encode import build_encoded_corpus_, open_tokens
 from xlab.datamodules.resumable import resumable_loader, run_seed
 from xlab.datamodules.sources import build_source
 from xlab.datamodules.splits import SPLITS, check_fractions
-from xlab.datamodules.tokenizer import EOS_ID, PAD_ID, SOS_ID, Tokenizer
+from xlab.datamodules.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_bytes
 from xlab.errors import XLabError
 
 CACHE_FORMAT = 1  # bump when the folder layout or encoding changes, so old caches are not trusted
@@ -40,7 +41,10 @@ class XLabDataModule(L.LightningDataModule):
         cache_dir: Root of the cache (default $XLAB_CACHE or ~/.cache/xlab).
         vocab_size: Tokenizer vocabulary size, special and byte tokens included.
         tokenizer_type: bpe or unigram (sentencepiece).
-        special_tokens: Extra tokens kept whole, e.g. speaker tags.
+        tokenizer_path: A local Hugging Face tokenizer folder (tokenizer.json, as save_pretrained
+            writes it) to use instead of training sentencepiece: the pretrained model's own
+            tokenizer when fine-tuning. vocab_size and tokenizer_type are then unused.
+        special_tokens: Extra tokens kept whole, e.g. speaker tags (added to either kind).
         split_fractions: train / val / test / predict shares of the documents.
         split_salt: Changes which documents land in which split.
         max_documents: Read at most this many documents (quick trials on big corpora).
@@ -67,6 +71,7 @@ class XLabDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         reprocess: bool = False,
+        tokenizer_path: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -74,6 +79,10 @@ class XLabDataModule(L.LightningDataModule):
         self.fractions = check_fractions(split_fractions)
         if max_len < 1 or (stride is not None and stride < 1):
             raise XLabError(f"data max_len={max_len} and stride={stride} must be positive.")
+        if tokenizer_path is not None:
+            from xlab.datamodules.pretrained_tokenizer import check_tokenizer_folder
+
+            check_tokenizer_folder(tokenizer_path)
         self._tokenizer: Tokenizer | None = None
         self._token_bytes: np.ndarray | None = None
         self._built = False
@@ -83,8 +92,25 @@ class XLabDataModule(L.LightningDataModule):
     # --- the cache ----------------------------------------------------------------------------
     def tokenizer_settings(self) -> dict[str, Any]:
         hp = self.hparams
+        if hp.get("tokenizer_path"):
+            from xlab.datamodules.pretrained_tokenizer import tokenizer_folder_fingerprint
+
+            return {"pretrained": tokenizer_folder_fingerprint(hp.tokenizer_path),
+                    "extra_special_tokens": list(hp.special_tokens or [])}
         return {"vocab_size": hp.vocab_size, "model_type": hp.tokenizer_type,
                 "extra_special_tokens": list(hp.special_tokens or [])}
+
+    def make_tokenizer(self, train_texts: Iterable[str]):
+        """The tokenizer the settings ask for: sentencepiece trained on `train_texts` (the train
+        split's documents), or the pretrained one of `tokenizer_path`, which ignores them. The
+        special tokens of `tokenizer_settings()` are added to either kind."""
+        settings = self.tokenizer_settings()
+        if self.hparams.get("tokenizer_path"):
+            from xlab.datamodules.pretrained_tokenizer import PretrainedTokenizer
+
+            return PretrainedTokenizer.from_folder(self.hparams.tokenizer_path, settings["extra_special_tokens"])
+        lines = (line for text in train_texts for line in text.splitlines())
+        return Tokenizer.train(lines, **settings)
 
     @property
     def cache_folder(self) -> Path:
@@ -110,7 +136,7 @@ class XLabDataModule(L.LightningDataModule):
         def build(tmp: Path) -> None:
             print(f"xlab: building the corpus cache {folder} ...", flush=True)
             build_encoded_corpus_(tmp, self.sources, self.fractions, self.hparams.split_salt,
-                                  self.tokenizer_settings(), self.hparams.max_documents)
+                                  self.make_tokenizer, self.hparams.max_documents)
 
         build_once_(folder, build, rebuild=rebuild)
         self._built = True
@@ -125,14 +151,31 @@ class XLabDataModule(L.LightningDataModule):
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
             self.prepare_data()
-            self._tokenizer = Tokenizer.load(self.cache_folder / "tokenizer.model")
+            self._tokenizer = load_tokenizer(self.cache_folder / "tokenizer.model")
         return self._tokenizer
 
     @property
     def vocab_size(self) -> int:
         return len(self.tokenizer)
 
-    sos_id, eos_id, pad_id = SOS_ID, EOS_ID, PAD_ID
+    # Special ids come from the tokenizer: fixed for sentencepiece, the folder's for a pretrained one.
+    @property
+    def sos_id(self) -> int:
+        return self.tokenizer.sos_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_id
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id
+
+    @property
+    def added_tokens(self) -> int:
+        """Ids the special tokens added to a pretrained tokenizer (0 for sentencepiece, which is
+        trained with them): a pretrained model grows its embedding by exactly this many rows."""
+        return int(getattr(self.tokenizer, "added_tokens", 0))
 
     @property
     def token_bytes(self) -> np.ndarray:
@@ -144,7 +187,7 @@ class XLabDataModule(L.LightningDataModule):
         return {"tokenizer_model": self.tokenizer.to_bytes()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        restored = Tokenizer(state["tokenizer_model"])
+        restored = tokenizer_from_bytes(state["tokenizer_model"])
         if self.tokens and self._tokenizer is not None and restored.to_bytes() != self._tokenizer.to_bytes():
             raise XLabError("the checkpoint's tokenizer differs from the one that encoded this data: "
                             "use the data settings the checkpoint was trained with.")
@@ -210,4 +253,4 @@ class XLabDataModule(L.LightningDataModule):
                                   self.hparams.max_len, self.token_bytes)
         if len(windows) == 0:
             raise XLabError("the predict split is empty: give it a share in data.split_fractions.")
-        return self._loader(windows, self.eval_batch_size, collate_fn=pad_collate(PAD_ID))
+        return self._loader(windows, self.eval_batch_size, collate_fn=pad_collate(self.pad_id))

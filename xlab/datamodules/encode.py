@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 from xlab.datamodules.cache import COMPLETE
 from xlab.datamodules.sources import Document, Source
 from xlab.datamodules.splits import SPLITS, split_of
-from xlab.datamodules.tokenizer import EOS_ID, SOS_ID, Tokenizer
+from xlab.datamodules.tokenizer import Tokenizer
 from xlab.errors import XLabError
 
 ENCODE_BATCH = 256
@@ -40,24 +41,33 @@ def documents(sources: Sequence[Source], max_documents: int | None = None) -> It
 
 
 def build_encoded_corpus_(out: Path, sources: Sequence[Source], fractions: Sequence[float], salt: int,
-                          tokenizer_settings: dict[str, Any], max_documents: int | None = None) -> None:
+                          make_tokenizer: Callable[[Iterable[str]], Any] | dict[str, Any],
+                          max_documents: int | None = None) -> None:
+    """`make_tokenizer(train_texts)` returns the tokenizer (a data module's `make_tokenizer`); a
+    dict instead is taken as sentencepiece training settings."""
     started = time.time()
     counts = dict.fromkeys(SPLITS, 0)
+    if isinstance(make_tokenizer, dict):
+        settings = make_tokenizer
+        make_tokenizer = lambda texts: Tokenizer.train(  # noqa: E731
+            (line for text in texts for line in text.splitlines()), **settings)
 
-    def train_lines() -> Iterator[str]:
+    def train_texts() -> Iterator[str]:
         for doc in documents(sources, max_documents):
             split = split_of(doc.id, fractions, salt)
             counts[split] += 1
             if split == "train":
-                yield from doc.text.splitlines()
+                yield doc.text
 
-    tokenizer = Tokenizer.train(train_lines(), **tokenizer_settings)
+    texts = train_texts()
+    tokenizer = make_tokenizer(texts)
+    deque(texts, maxlen=0)  # a pretrained tokenizer reads nothing, but every split must be counted
     _check_counts(counts, fractions)
     tokenizer.save_(out / "tokenizer.model")
 
     dtype = token_dtype(len(tokenizer))
     meta: dict[str, Any] = {"splits": {}, "vocab_size": len(tokenizer), "dtype": dtype.name}
-    writers = {s: _SplitWriter(out, s, dtype) for s in SPLITS}
+    writers = {s: _SplitWriter(out, s, dtype, tokenizer.sos_id, tokenizer.eos_id) for s in SPLITS}
     batch: list[Document] = []
     for doc in documents(sources, max_documents):
         batch.append(doc)
@@ -94,14 +104,15 @@ def _encode_batch(batch: list[Document], tokenizer: Tokenizer, writers: dict, fr
 class _SplitWriter:
     """Appends documents to one split's files, keeping only offsets in memory."""
 
-    def __init__(self, out: Path, split: str, dtype: np.dtype):
+    def __init__(self, out: Path, split: str, dtype: np.dtype, sos_id: int, eos_id: int):
         self.out, self.split, self.dtype = out, split, dtype
+        self.sos_id, self.eos_id = sos_id, eos_id
         self.tokens = open(out / f"{split}.bin", "wb")
         self.ids = open(out / f"{split}.ids.txt", "w", encoding="utf-8")
         self.offsets, self.num_bytes = [0], 0
 
     def add(self, doc: Document, ids: list[int]) -> None:
-        row = np.asarray([SOS_ID, *ids, EOS_ID], dtype=self.dtype)
+        row = np.asarray([self.sos_id, *ids, self.eos_id], dtype=self.dtype)
         self.tokens.write(row.tobytes())
         self.offsets.append(self.offsets[-1] + len(row))
         self.ids.write(doc.id.replace("\n", " ") + "\n")

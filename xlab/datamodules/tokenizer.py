@@ -167,3 +167,22 @@ def _explain_training_failure(message: str, vocab_size: int) -> str:
     if "no sentence" in message.lower() or "empty" in message.lower():
         return "the training split has no text to train the tokenizer on: add documents to the corpus."
     return f"sentencepiece could not train the tokenizer: {first}"
+
+
+def tokenizer_from_bytes(data: bytes):
+    """The tokenizer a checkpoint carries: a pretrained Hugging Face one (its bytes start with
+    `pretrained_tokenizer.MAGIC`) or a sentencepiece model (a protobuf, which never starts so)."""
+    from xlab.datamodules.pretrained_tokenizer import MAGIC, PretrainedTokenizer
+
+    data = bytes(data)
+    if data.startswith(MAGIC):
+        return PretrainedTokenizer.from_bytes(data)
+    return Tokenizer(data)
+
+
+def load_tokenizer(path: str | Path):
+    """`tokenizer_from_bytes` of a file (a cache's or an export's `tokenizer.model`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise XLabError(f"tokenizer model {path} does not exist: pass the tokenizer.model of a build or an export.")
+    return tokenizer_from_bytes(path.read_bytes())

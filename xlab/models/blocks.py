@@ -157,12 +157,13 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, n_embd: int, n_head: int, ffn_dim: int, dropout: float, bias: bool, norm: NormKind,
-                 norm_position: Literal["pre", "post"], activation: Activation, rotary: Rotary | None):
+                 norm_position: Literal["pre", "post"], activation: Activation, rotary: Rotary | None,
+                 norm_eps: float = 1e-5):
         super().__init__()
         self.pre_norm = norm_position == "pre"
-        self.ln_1 = make_norm(norm, n_embd, bias)
+        self.ln_1 = make_norm(norm, n_embd, bias, norm_eps)
         self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, rotary)
-        self.ln_2 = make_norm(norm, n_embd, bias)
+        self.ln_2 = make_norm(norm, n_embd, bias, norm_eps)
         self.mlp = MLP(n_embd, ffn_dim, activation, dropout, bias)
 
     def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:

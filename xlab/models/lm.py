@@ -37,6 +37,9 @@ class LanguageModel(L.LightningModule):
         warmup_steps, min_lr_ratio, lr_decay_steps: Linear warmup, then cosine down to
             min_lr_ratio * learning_rate at lr_decay_steps (default: the run's total steps).
         compile: Run the model's network through torch.compile (see `compile_targets`).
+        added_tokens: Ids the data module added to a pretrained tokenizer (its special tokens;
+            linked from the data module). A model started from pretrained weights grows its
+            embedding by exactly this many rows; any other vocabulary mismatch is an error.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class LanguageModel(L.LightningModule):
         min_lr_ratio: float = 0.1,
         lr_decay_steps: int | None = None,
         compile: bool = False,
+        added_tokens: int = 0,
     ):
         super().__init__()
         # Collects the arguments of every __init__ in the chain, the subclass's included.

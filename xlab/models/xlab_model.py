@@ -32,6 +32,7 @@ class XLabModel(LanguageModel):
         positions: learned (GPT-2), sinusoidal (original Transformer) or rotary (RoPE).
         rope_base: Base of the rotary frequencies.
         norm: layernorm or rmsnorm; norm_position: pre (GPT-2) or post (original Transformer).
+        norm_eps: The norms' epsilon (1e-5 as GPT-2; Llama folders often say 1e-6).
         activation: gelu or swiglu.
         bias: Biases in linear layers and LayerNorm.
         tie_weights: Share the token embedding with the output head.
@@ -39,6 +40,11 @@ class XLabModel(LanguageModel):
         warmup_steps, min_lr_ratio, lr_decay_steps: Linear warmup, then cosine down to
             min_lr_ratio * learning_rate at lr_decay_steps (default: the run's total steps).
         compile: Run the forward pass through torch.compile.
+        init_from: Start from pretrained weights: an XLab export folder or a local Hugging Face
+            GPT-2 or Llama folder (save_pretrained). The architecture is read from the folder;
+            settings above that contradict it are an error. max_len may be shorter than the
+            folder's. The data's tokenizer must be the folder's (data tokenizer_path); the
+            special tokens the data adds grow the embedding (new rows: the mean of the others).
     """
 
     def __init__(
@@ -55,8 +61,21 @@ class XLabModel(LanguageModel):
         activation: Activation = "gelu",
         bias: bool = True,
         tie_weights: bool = True,
+        norm_eps: float = 1e-5,
+        init_from: str | None = None,
         **kwargs,
     ):
+        start = None
+        if init_from is not None:
+            from xlab.models.pretrained import architecture_of, read_starting_point
+
+            start = read_starting_point(init_from)
+            # Rebinding the arguments before the base saves them: hparams hold the folder's values.
+            (n_layer, n_head, n_embd, ffn_dim, positions, rope_base, norm, norm_position, activation, bias,
+             tie_weights, norm_eps) = architecture_of(start, type(self), dict(
+                n_layer=n_layer, n_head=n_head, n_embd=n_embd, ffn_dim=ffn_dim, positions=positions,
+                rope_base=rope_base, norm=norm, norm_position=norm_position, activation=activation, bias=bias,
+                tie_weights=tie_weights, norm_eps=norm_eps))
         super().__init__(**kwargs)
         vocab_size, max_len = self.hparams.vocab_size, self.hparams.max_len
         if n_embd % n_head:
@@ -70,10 +89,10 @@ class XLabModel(LanguageModel):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(vocab_size, n_embd),
             drop=nn.Dropout(dropout),
-            h=nn.ModuleList(Block(n_embd, n_head, ffn_dim, dropout, bias, norm, norm_position, activation, rotary)
-                            for _ in range(n_layer)),
+            h=nn.ModuleList(Block(n_embd, n_head, ffn_dim, dropout, bias, norm, norm_position, activation, rotary,
+                                  norm_eps) for _ in range(n_layer)),
             # Post-norm blocks end in a norm already; pre-norm needs one before the head.
-            ln_f=make_norm(norm, n_embd, bias) if norm_position == "pre" else nn.Identity(),
+            ln_f=make_norm(norm, n_embd, bias, norm_eps) if norm_position == "pre" else nn.Identity(),
         ))
         if positions == "learned":
             self.transformer["wpe"] = nn.Embedding(max_len, n_embd)
@@ -83,6 +102,12 @@ class XLabModel(LanguageModel):
         if tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
         init_gpt2_weights(self, n_layer)
+        if start is not None:
+            from xlab.models.pretrained import load_starting_weights
+
+            load_starting_weights(self, start)
+            # The weights now live in this model's checkpoints: rebuilding one needs no folder.
+            self.hparams["init_from"] = None
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache for incremental decoding of `batch_size` sequences."""
