@@ -5,6 +5,7 @@ Usage:
     ./manage.py export-checkpoint CKPT [-o OUT] [--force] [--empty-memory]
     ./manage.py inspect CKPT_OR_EXPORT [--json]
     ./manage.py import-hf HF_DIR [-o OUT] [--tokenizer SPM_MODEL] [--force]
+    ./manage.py export-hf CKPT_OR_EXPORT -o DIR [--force]
     ./manage.py build-retrieval -c RECIPE.yaml [-o DIR] [--max-len N]
     ./manage.py COMMAND --help
 
@@ -109,6 +110,21 @@ def import_hf(args: argparse.Namespace) -> int:
 
     out = import_hf_(args.path, args.out, tokenizer=args.tokenizer, force=args.force)
     print(f"imported {args.path} -> {out}")
+    return 0
+
+
+@subcommand(
+    "export-hf",
+    "write a checkpoint or export as a transformers folder (GPT2LMHeadModel or LlamaForCausalLM + fast tokenizer)",
+    arg("path", metavar="CKPT_OR_EXPORT", help="a .ckpt file or an export folder"),
+    arg("-o", "--out", required=True, metavar="DIR", help="the folder to write (AutoModelForCausalLM loads it)"),
+    arg("--force", action="store_true", help="replace DIR if it exists and is not empty"),
+)
+def export_hf(args: argparse.Namespace) -> int:
+    from xlab.export_hf import export_hf_
+
+    out = export_hf_(args.path, args.out, force=args.force)
+    print(f"exported {args.path} -> {out} (transformers: AutoModelForCausalLM / AutoTokenizer.from_pretrained)")
     return 0
 
 

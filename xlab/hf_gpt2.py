@@ -13,7 +13,6 @@ would silently change what every id means, so it is not offered.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 

@@ -1,0 +1,90 @@
+"""`manage.py export-hf`: tiny random XLab models, GPT-2- and Llama-shaped, loaded back by
+`transformers` give the same logits (1e-5, fp32) and greedy tokens; the converted sentencepiece
+tokenizer encodes awkward text to XLab's ids; what cannot be expressed is refused by name."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from xlab import inference
+from xlab.datamodules.tokenizer import Tokenizer
+from xlab.errors import XLabError
+from xlab.export import SPM_TOKENIZER, write_export_
+
+from tests.helpers import WORDS, load_script, sharp_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 400
+SHAPES = {
+    "gpt2": dict(positions="learned", norm="layernorm", activation="gelu", bias=True, tie_weights=True),
+    "llama": dict(positions="rotary", norm="rmsnorm", activation="swiglu", bias=False, tie_weights=False,
+                  norm_eps=1e-6, rope_base=500.0),
+}
+AWKWARD = ("  Grüße,\tçà et là —\n\n  日本語のテキスト، مرحبا بالعالم   🙂🚀👩‍👩‍👧 ∑∫√ 12345\r\n"
+           "    def f(x):\n        return {'a': [1, 2]}  \u00a0\u2003end  ")
+
+
+@pytest.fixture(scope="module")
+def spm() -> Tokenizer:
+    lines = [" ".join(WORDS[(i * 7 + j * 13) % len(WORDS)] for j in range(12)) + " fox." for i in range(400)]
+    return Tokenizer.train(lines, vocab_size=VOCAB, extra_special_tokens=["<speaker1>"])
+
+
+def export_of(tmp_path, spm, shape: str):
+    model = sharp_model(vocab_size=VOCAB, max_len=32, **SHAPES[shape])
+    folder = write_export_(tmp_path / f"{shape}-xlab", model, {SPM_TOKENIZER: spm.to_bytes()}, "sentencepiece", {})
+    out = tmp_path / f"{shape}-hf"
+    assert load_script("manage").main(["export-hf", str(folder), "-o", str(out)]) == 0
+    return model, out
+
+
+@pytest.mark.parametrize("shape", ["gpt2", "llama"])
+def test_round_trip_logits_and_greedy_tokens(tmp_path, spm, shape):
+    model, out = export_of(tmp_path, spm, shape)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[shape]
+    tokens = torch.randint(0, VOCAB, (3, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, model(tokens), atol=1e-5, rtol=1e-5)
+    for prompt in tokens[:, :5]:
+        mine = inference.sample(model, prompt, output_length=12, temperature=0).tolist()
+        theirs = hf.generate(prompt[None], attention_mask=torch.ones(1, 5, dtype=torch.long), do_sample=False,
+                             max_new_tokens=12, min_new_tokens=12, eos_token_id=None, pad_token_id=0)
+        assert mine == theirs[0, 5:].tolist()
+
+
+def test_converted_tokenizer_gives_the_same_ids(tmp_path, spm):
+    _, out = export_of(tmp_path, spm, "gpt2")
+    hf = transformers.AutoTokenizer.from_pretrained(out)
+    for text in (AWKWARD, AWKWARD + " <speaker1> fox", "\n".join(WORDS[:200])):
+        ids = spm.encode(text)
+        assert hf.encode(text, add_special_tokens=False) == ids
+        assert hf.decode(ids) == spm.decode(ids) == text
+    assert (hf.eos_token_id, hf.bos_token_id, hf.pad_token_id) == (spm.eos_id, spm.sos_id, spm.pad_id)
+
+
+def test_inexpressible_models_and_targets_are_refused(tmp_path, spm):
+    from xlab.export_hf import export_hf_
+
+    for settings, named in ((dict(positions="sinusoidal"), "positions='sinusoidal'"),
+                            (dict(norm_position="post"), "norm_position='post'"),
+                            (dict(positions="learned", activation="swiglu"), "activation='swiglu'")):
+        model = sharp_model(vocab_size=VOCAB, **settings)
+        folder = write_export_(tmp_path / "odd", model, {SPM_TOKENIZER: spm.to_bytes()}, "sentencepiece", {},
+                               force=True)
+        with pytest.raises(XLabError, match=named):
+            export_hf_(folder, tmp_path / "odd-hf")
+    _, out = export_of(tmp_path, spm, "gpt2")
+    with pytest.raises(XLabError, match="not empty: pass --force"):
+        export_hf_(tmp_path / "gpt2-xlab", out)
+    assert export_hf_(tmp_path / "gpt2-xlab", out, force=True) == out
+    unigram = Tokenizer.train([" ".join(WORDS[i:i + 9]) for i in range(300)], vocab_size=VOCAB, model_type="unigram")
+    folder = write_export_(tmp_path / "uni", sharp_model(vocab_size=len(unigram)), {SPM_TOKENIZER: unigram.to_bytes()},
+                           "sentencepiece", {})
+    with pytest.raises(XLabError, match="unigram"):
+        export_hf_(folder, tmp_path / "uni-hf")
