@@ -13,7 +13,8 @@ import yaml
 from tests.helpers import CONF, tiny
 from xlab.cli import main
 
-RECIPES = sorted(p.name for p in CONF.glob("*.yaml"))
+# finetune-gpt2.yaml needs a pretrained folder: tests/interop/test_finetune.py runs it end to end on one.
+RECIPES = sorted(p.name for p in CONF.glob("*.yaml") if p.name != "finetune-gpt2.yaml")
 
 
 def local_wikitext(tmp_path: Path, corpus_dir: Path) -> Path:

@@ -79,10 +79,6 @@ class XLabDataModule(L.LightningDataModule):
         self.fractions = check_fractions(split_fractions)
         if max_len < 1 or (stride is not None and stride < 1):
             raise XLabError(f"data max_len={max_len} and stride={stride} must be positive.")
-        if tokenizer_path is not None:
-            from xlab.datamodules.pretrained_tokenizer import check_tokenizer_folder
-
-            check_tokenizer_folder(tokenizer_path)
         self._tokenizer: Tokenizer | None = None
         self._token_bytes: np.ndarray | None = None
         self._built = False
@@ -151,8 +147,18 @@ class XLabDataModule(L.LightningDataModule):
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
             self.prepare_data()
-            self._tokenizer = load_tokenizer(self.cache_folder / "tokenizer.model")
+            self._use_tokenizer(load_tokenizer(self.cache_folder / "tokenizer.model"))
         return self._tokenizer
+
+    def _use_tokenizer(self, tokenizer) -> None:
+        self._tokenizer, self._token_bytes = tokenizer, None
+        if self.hparams.get("tokenizer_path"):
+            # A pretrained tokenizer decides the size; the sentencepiece setting would otherwise
+            # contradict the model's vocab_size where Lightning merges both modules' hparams
+            # (the initial copy is the one loggers receive).
+            for hparams in (self.hparams, getattr(self, "_hparams_initial", None)):
+                if hparams is not None:
+                    hparams["vocab_size"] = len(tokenizer)
 
     @property
     def vocab_size(self) -> int:
@@ -191,7 +197,7 @@ class XLabDataModule(L.LightningDataModule):
         if self.tokens and self._tokenizer is not None and restored.to_bytes() != self._tokenizer.to_bytes():
             raise XLabError("the checkpoint's tokenizer differs from the one that encoded this data: "
                             "use the data settings the checkpoint was trained with.")
-        self._tokenizer, self._token_bytes = restored, None
+        self._use_tokenizer(restored)
 
     # --- splits -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

@@ -106,8 +106,11 @@ class XLabModel(LanguageModel):
             from xlab.models.pretrained import load_starting_weights
 
             load_starting_weights(self, start)
-            # The weights now live in this model's checkpoints: rebuilding one needs no folder.
-            self.hparams["init_from"] = None
+            # LightningCLI saves the settings as configured, not as rebound above: record the
+            # folder's. The weights now live in this model's checkpoints: rebuilding needs no folder.
+            self.hparams.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd, ffn_dim=ffn_dim, positions=positions,
+                                rope_base=rope_base, norm=norm, norm_position=norm_position, activation=activation,
+                                bias=bias, tie_weights=tie_weights, norm_eps=norm_eps, init_from=None)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache for incremental decoding of `batch_size` sequences."""
