@@ -147,3 +147,19 @@ def test_bad_inputs_are_one_line_errors(gpt2, tmp_path):
 
 class EvilNote:
     """A class a pickle would have to import and run: safe loading refuses it."""
+
+
+def test_memory_gpt2_starts_from_the_folder_with_its_tokenizer(gpt2):
+    from xlab.models import MemoryGPT2
+
+    tok = PretrainedTokenizer.from_folder(gpt2, ["<speaker1>"])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(gpt2).eval()
+    model = MemoryGPT2(vocab_size=len(tok), added_tokens=tok.added_tokens, pretrained_path=str(gpt2), n_layer=2,
+                       n_head=2, n_embd=32, max_len=16, use_memory=False).eval()
+    tokens = torch.tensor([[tok.sos_id, *tok.encode("Document 1. Kalo <speaker1>")]])
+    with torch.no_grad():
+        logits = model(tokens)
+        assert logits.shape[-1] == len(tok) == hf.config.vocab_size + 1
+        torch.testing.assert_close(logits[0, :3, :-1], hf(tokens[:, :3]).logits[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(XLabError, match="vocab_size=400.*the model asks for vocab_size=4096"):
+        MemoryGPT2(vocab_size=4096, pretrained_path=str(gpt2), n_layer=2, n_head=2, n_embd=32, max_len=16)

@@ -163,13 +163,21 @@ class MemoryGPT2(LanguageModel):
             raise XLabError(f"pretrained_path {hp.pretrained_path} is not a GPT-2 directory: "
                             f"{str(error).splitlines()[0]}") from None
         c = model.config
-        mine = (hp.vocab_size, hp.n_layer, hp.n_head, hp.n_embd)
+        # The data's special tokens added to GPT-2's tokenizer (added_tokens) grow the embedding.
+        added = int(hp.get("added_tokens", 0))
+        mine = (hp.vocab_size - added, hp.n_layer, hp.n_head, hp.n_embd)
         if (c.vocab_size, c.n_layer, c.n_head, c.n_embd) != mine or c.n_positions < hp.max_len:
             raise XLabError(
                 f"pretrained GPT-2 at {hp.pretrained_path} has vocab_size={c.vocab_size}, n_layer={c.n_layer}, "
                 f"n_head={c.n_head}, n_embd={c.n_embd}, n_positions={c.n_positions}; the model asks for "
                 f"vocab_size={hp.vocab_size}, n_layer={hp.n_layer}, n_head={hp.n_head}, n_embd={hp.n_embd}, "
-                f"max_len={hp.max_len}: set them to match (the data's tokenizer must be the model's).")
+                f"max_len={hp.max_len}" + (f" with {added} added special tokens" if added else "")
+                + ": set them to match (the data's tokenizer must be the model's).")
+        if added:
+            rows = model.wte.weight.detach()
+            grown = torch.cat([rows, rows.mean(0, keepdim=True).expand(added, -1)])
+            model.wte = nn.Embedding.from_pretrained(grown.clone(), freeze=False)
+            c.vocab_size = hp.vocab_size
         # Cut positions to max_len so a checkpoint rebuilds from hparams alone, with no directory.
         model.wpe = nn.Embedding.from_pretrained(model.wpe.weight[: hp.max_len].clone(), freeze=False)
         c.n_positions = hp.max_len
