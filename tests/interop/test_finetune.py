@@ -58,6 +58,14 @@ def test_finetune_recipe_end_to_end(tmp_path, corpus_dir, capsys, caplog):
     sample = capsys.readouterr().out
     assert sample.startswith("Document") and len(sample) > len("Document")
 
+    manage = load_script("manage")
+    assert manage.main(["inspect", str(ckpt)]) == 0
+    assert f"tokenizer: {data.vocab_size} tokens" in capsys.readouterr().out
+    assert manage.main(["export-checkpoint", str(ckpt), "-o", str(tmp_path / "export")]) == 0
+    capsys.readouterr()
+    load_script("infer").main([str(tmp_path / "export"), "Document", "--greedy", "--limit", "6"])
+    assert capsys.readouterr().out == sample  # the export's tokenizer and weights are the checkpoint's
+
     out = tmp_path / "hf"
     assert load_script("manage").main(["export-hf", str(ckpt), "-o", str(out)]) == 0
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
