@@ -10,7 +10,8 @@ The two architectures are two points of XLabModel's space:
 - Llama: rotary positions (rotate-half, the same convention as `blocks.Rotary`), pre-RMSNorm,
   SwiGLU, no biases. Its separate q/k/v projections are stacked into `c_attn`, and gate/up into
   `c_fc` (gate first, as `blocks.MLP` splits it).
-Anything else (grouped-query attention, rope scaling, other activations) is refused by name.
+Grouped-query attention maps to `n_kv_head`. Anything else (rope scaling, other activations,
+head sizes other than width / heads) is refused by name.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def _gpt2_settings(c: dict[str, Any], source: str) -> dict[str, Any]:
                 n_head=c["n_head"], n_embd=c["n_embd"], ffn_dim=c.get("n_inner") or 4 * c["n_embd"],
                 positions="learned", rope_base=10000.0, norm="layernorm", norm_position="pre", activation="gelu",
                 bias=True, tie_weights=bool(c.get("tie_word_embeddings", True)),
-                norm_eps=float(c.get("layer_norm_epsilon", 1e-5)))
+                norm_eps=float(c.get("layer_norm_epsilon", 1e-5)), n_kv_head=None)
 
 
 def _llama_settings(c: dict[str, Any], source: str) -> dict[str, Any]:
@@ -104,9 +105,6 @@ def _llama_settings(c: dict[str, Any], source: str) -> dict[str, Any]:
     scaling = c.get("rope_scaling") or ({k: v for k, v in rope.items() if k != "rope_theta"}
                                         if rope.get("rope_type", "default") != "default" else None)
     problems = []
-    if c.get("num_key_value_heads", heads) != heads:
-        problems.append(f"grouped-query attention (num_key_value_heads={c['num_key_value_heads']} of "
-                        f"{heads} heads; XLabModel has one key/value head per query head)")
     if c.get("head_dim", width // heads) != width // heads:
         problems.append(f"head_dim={c['head_dim']} other than hidden_size / num_attention_heads")
     if c.get("hidden_act", "silu") != "silu":
@@ -120,7 +118,13 @@ def _llama_settings(c: dict[str, Any], source: str) -> dict[str, Any]:
                 n_head=heads, n_embd=width, ffn_dim=c["intermediate_size"], positions="rotary",
                 rope_base=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))), norm="rmsnorm",
                 norm_position="pre", activation="swiglu", bias=bool(c.get("attention_bias", False)),
-                tie_weights=bool(c.get("tie_word_embeddings", False)), norm_eps=float(c.get("rms_norm_eps", 1e-6)))
+                tie_weights=bool(c.get("tie_word_embeddings", False)), norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+                n_kv_head=_kv_heads(c.get("num_key_value_heads"), heads))
+
+
+def _kv_heads(kv: int | None, heads: int) -> int | None:
+    """XLabModel's n_kv_head: None for one key/value head per query head, as XLab writes it."""
+    return None if kv is None or kv == heads else int(kv)
 
 
 def _refuse(problems: list[str], source: str) -> None:
@@ -182,6 +186,9 @@ def hf_kind(hp: dict[str, Any]) -> str:
     if hp.get("positions") == "sinusoidal":
         raise XLabError("positions='sinusoidal' cannot be exported: GPT-2 has learned positions, Llama rotary ones.")
     if all(hp.get(k) == v for k, v in gpt2.items()):
+        if hp.get("n_kv_head") not in (None, hp.get("n_head")):
+            raise XLabError(f"n_kv_head={hp['n_kv_head']} cannot be exported as GPT-2, which has one key/value "
+                            "head per query head.")
         return "gpt2"
     if all(hp.get(k) == v for k, v in llama.items()):
         return "llama"
@@ -203,7 +210,7 @@ def hf_config_from_xlab(hp: dict[str, Any], ffn_dim: int) -> dict[str, Any]:
                     layer_norm_epsilon=eps, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
     return dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=hp["n_embd"],
                 intermediate_size=ffn_dim, num_hidden_layers=hp["n_layer"], num_attention_heads=hp["n_head"],
-                num_key_value_heads=hp["n_head"], head_dim=hp["n_embd"] // hp["n_head"], hidden_act="silu",
+                num_key_value_heads=hp.get("n_kv_head") or hp["n_head"], head_dim=hp["n_embd"] // hp["n_head"], hidden_act="silu",
                 max_position_embeddings=hp["max_len"], rms_norm_eps=eps,
                 rope_parameters={"rope_theta": float(hp.get("rope_base", 10000.0)), "rope_type": "default"},
                 attention_bias=bool(hp.get("bias")), mlp_bias=bool(hp.get("bias")), attention_dropout=0.0, **common)
@@ -222,7 +229,8 @@ def hf_state_from_xlab(kind: str, state: dict[str, torch.Tensor], n_layer: int, 
         for kind_ in ("weight", "bias"):
             if f"{xl}attn.c_attn.{kind_}" not in state:
                 continue
-            for p, part in zip("qkv", state[f"{xl}attn.c_attn.{kind_}"].chunk(3)):
+            width, kv = hp_widths(state[f"{xl}attn.c_proj.weight"], state[f"{xl}attn.c_attn.{kind_}"])
+            for p, part in zip("qkv", state[f"{xl}attn.c_attn.{kind_}"].split([width, kv, kv])):
                 out[f"{hf}self_attn.{p}_proj.{kind_}"] = part
             out[f"{hf}self_attn.o_proj.{kind_}"] = state[f"{xl}attn.c_proj.{kind_}"]
             gate, up = state[f"{xl}mlp.c_fc.{kind_}"].chunk(2)
@@ -231,3 +239,9 @@ def hf_state_from_xlab(kind: str, state: dict[str, torch.Tensor], n_layer: int, 
         for hf_norm, xl_norm in _LLAMA_NORMS.items():
             out[f"{hf}{hf_norm}.weight"] = state[f"{xl}{xl_norm}.weight"]
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def hp_widths(c_proj: torch.Tensor, c_attn: torch.Tensor) -> tuple[int, int]:
+    """(query width, key/value width) of a stacked c_attn: the queries are as wide as the model."""
+    width = c_proj.shape[0]
+    return width, (c_attn.shape[0] - width) // 2

@@ -24,6 +24,7 @@ SHAPES = {
     "gpt2": dict(positions="learned", norm="layernorm", activation="gelu", bias=True, tie_weights=True),
     "llama": dict(positions="rotary", norm="rmsnorm", activation="swiglu", bias=False, tie_weights=False,
                   norm_eps=1e-6, rope_base=500.0),
+    "llama-gqa": dict(positions="rotary", norm="rmsnorm", activation="swiglu", bias=False, n_kv_head=1),
 }
 AWKWARD = ("  Grüße,\tçà et là —\n\n  日本語のテキスト، مرحبا بالعالم   🙂🚀👩‍👩‍👧 ∑∫√ 12345\r\n"
            "    def f(x):\n        return {'a': [1, 2]}  \u00a0\u2003end  ")
@@ -43,11 +44,11 @@ def export_of(tmp_path, spm, shape: str):
     return model, out
 
 
-@pytest.mark.parametrize("shape", ["gpt2", "llama"])
+@pytest.mark.parametrize("shape", ["gpt2", "llama", "llama-gqa"])
 def test_round_trip_logits_and_greedy_tokens(tmp_path, spm, shape):
     model, out = export_of(tmp_path, spm, shape)
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    assert type(hf).__name__ == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[shape]
+    assert type(hf).__name__ == ("GPT2LMHeadModel" if shape == "gpt2" else "LlamaForCausalLM")
     tokens = torch.randint(0, VOCAB, (3, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(hf(tokens).logits, model(tokens), atol=1e-5, rtol=1e-5)
@@ -73,7 +74,8 @@ def test_inexpressible_models_and_targets_are_refused(tmp_path, spm):
 
     for settings, named in ((dict(positions="sinusoidal"), "positions='sinusoidal'"),
                             (dict(norm_position="post"), "norm_position='post'"),
-                            (dict(positions="learned", activation="swiglu"), "activation='swiglu'")):
+                            (dict(positions="learned", activation="swiglu"), "activation='swiglu'"),
+                            (dict(n_kv_head=1), "n_kv_head=1 cannot be exported as GPT-2")):
         model = sharp_model(vocab_size=VOCAB, **settings)
         folder = write_export_(tmp_path / "odd", model, {SPM_TOKENIZER: spm.to_bytes()}, "sentencepiece", {},
                                force=True)

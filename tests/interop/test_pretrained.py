@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 
+from xlab import inference
 from xlab.datamodules.pretrained_tokenizer import PretrainedTokenizer
 from xlab.datamodules.tokenizer import tokenizer_from_bytes
 from xlab.errors import XLabError
@@ -73,16 +74,16 @@ def test_data_module_uses_the_pretrained_tokenizer(gpt2, corpus_dir, tmp_path):
     assert trained.cache_folder != data.cache_folder and trained.added_tokens == 0
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "export"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama-gqa", "export"])
 def test_init_from_gives_the_folders_logits(kind, gpt2, tmp_path):
     from xlab.export import SPM_TOKENIZER, write_export_
 
     if kind == "gpt2":
         folder, hf = gpt2, transformers.AutoModelForCausalLM.from_pretrained(gpt2).eval()
         vocab = hf.config.vocab_size
-    elif kind == "llama":
-        folder = tmp_path / "llama"
-        hf, vocab = llama_folder_(folder), 64
+    elif kind.startswith("llama"):
+        folder = tmp_path / kind
+        hf, vocab = llama_folder_(folder, num_attention_heads=4, num_key_value_heads=2 if kind == "llama-gqa" else 4), 64
     else:
         folder, vocab = tmp_path / "export", 64
         source = XLabModel(vocab_size=vocab, max_len=32, n_layer=1, n_head=2, n_embd=16, positions="rotary",
@@ -94,6 +95,13 @@ def test_init_from_gives_the_folders_logits(kind, gpt2, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), reference, atol=1e-5, rtol=1e-5)
     assert model.hparams.init_from is None and model.hparams.n_layer == (1 if kind == "export" else 2)
+    assert model.hparams.n_kv_head == (2 if kind == "llama-gqa" else None)
+    if kind != "export":  # the KV cache holds the folder's key/value heads, and decoding agrees
+        prompt = tokens[0, :4]
+        mine = inference.sample(model, prompt, output_length=8, temperature=0).tolist()
+        theirs = hf.generate(prompt[None], attention_mask=torch.ones(1, 4, dtype=torch.long), do_sample=False,
+                             max_new_tokens=8, min_new_tokens=8, eos_token_id=None, pad_token_id=0)
+        assert mine == theirs[0, 4:].tolist()
 
 
 def test_added_tokens_grow_the_embedding_with_mean_rows(tmp_path):
@@ -119,8 +127,8 @@ def test_bad_inputs_are_one_line_errors(gpt2, tmp_path):
 
     (tmp_path / "empty").mkdir()
     fails(r"missing config.json; model.safetensors .*save_pretrained", init_from=str(tmp_path / "empty"))
-    llama_folder_(tmp_path / "gqa", num_key_value_heads=1)
-    fails("grouped-query attention", init_from=str(tmp_path / "gqa"))
+    llama_folder_(tmp_path / "gelu", hidden_act="gelu")
+    fails(r"cannot express hidden_act='gelu' \(only silu", init_from=str(tmp_path / "gelu"))
     transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                             intermediate_size=32).save_pretrained(tmp_path / "bert")
     torch.save({}, tmp_path / "bert" / "pytorch_model.bin")

@@ -107,12 +107,19 @@ def sinusoidal_table(max_len: int, dim: int) -> Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, rotary: Rotary | None = None):
+    """Multi-head causal attention; with `n_kv_head` < n_head, grouped-query attention (Llama 2/3):
+    each key/value head serves n_head / n_kv_head query heads, and the cache holds only those."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, rotary: Rotary | None = None,
+                 n_kv_head: int | None = None):
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
         self.n_head, self.head_dim = n_head, n_embd // n_head
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.n_kv_head = n_kv_head or n_head
+        if n_head % self.n_kv_head:
+            raise ValueError(f"n_head={n_head} must be a multiple of n_kv_head={self.n_kv_head}")
+        self.c_attn = nn.Linear(n_embd, n_embd + 2 * self.n_kv_head * self.head_dim, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
         self.dropout = dropout
@@ -120,8 +127,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        kv = self.n_kv_head * self.head_dim
+        q, k, v = self.c_attn(x).split([C, kv, kv], dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = (t.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2) for t in (k, v))  # (B, nkv, T, hs)
         if self.rotary is not None:
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is not None:
@@ -130,7 +139,7 @@ class CausalSelfAttention(nn.Module):
         # sees every cached key.
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and k.shape[2] == T,
-            dropout_p=self.dropout if self.training else 0.0)
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_head != self.n_head)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -158,11 +167,11 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, n_embd: int, n_head: int, ffn_dim: int, dropout: float, bias: bool, norm: NormKind,
                  norm_position: Literal["pre", "post"], activation: Activation, rotary: Rotary | None,
-                 norm_eps: float = 1e-5):
+                 norm_eps: float = 1e-5, n_kv_head: int | None = None):
         super().__init__()
         self.pre_norm = norm_position == "pre"
         self.ln_1 = make_norm(norm, n_embd, bias, norm_eps)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, rotary)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, rotary, n_kv_head)
         self.ln_2 = make_norm(norm, n_embd, bias, norm_eps)
         self.mlp = MLP(n_embd, ffn_dim, activation, dropout, bias)
 

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from xlab.errors import XLabError
 
 ARCHITECTURE = ("n_layer", "n_head", "n_embd", "ffn_dim", "positions", "rope_base", "norm", "norm_position",
-                "activation", "bias", "tie_weights", "norm_eps")
+                "activation", "bias", "tie_weights", "norm_eps", "n_kv_head")
 
 
 @dataclass

@@ -27,6 +27,7 @@ class XLabModel(LanguageModel):
         sos_id, eos_id, pad_id: Special token ids (linked from the data module).
         max_len: Context length in tokens (linked into the data module's block size).
         n_layer, n_head, n_embd: Depth, attention heads, width.
+        n_kv_head: Key/value heads; fewer than n_head is grouped-query attention (None: n_head).
         ffn_dim: Hidden width of the MLP; default 4 * n_embd (GELU) or ~8/3 * n_embd (SwiGLU).
         dropout: Dropout on attention weights, residual branches and embeddings.
         positions: learned (GPT-2), sinusoidal (original Transformer) or rotary (RoPE).
@@ -62,6 +63,7 @@ class XLabModel(LanguageModel):
         bias: bool = True,
         tie_weights: bool = True,
         norm_eps: float = 1e-5,
+        n_kv_head: int | None = None,
         init_from: str | None = None,
         **kwargs,
     ):
@@ -72,16 +74,18 @@ class XLabModel(LanguageModel):
             start = read_starting_point(init_from)
             # Rebinding the arguments before the base saves them: hparams hold the folder's values.
             (n_layer, n_head, n_embd, ffn_dim, positions, rope_base, norm, norm_position, activation, bias,
-             tie_weights, norm_eps) = architecture_of(start, type(self), dict(
+             tie_weights, norm_eps, n_kv_head) = architecture_of(start, type(self), dict(
                 n_layer=n_layer, n_head=n_head, n_embd=n_embd, ffn_dim=ffn_dim, positions=positions,
                 rope_base=rope_base, norm=norm, norm_position=norm_position, activation=activation, bias=bias,
-                tie_weights=tie_weights, norm_eps=norm_eps))
+                tie_weights=tie_weights, norm_eps=norm_eps, n_kv_head=n_kv_head))
         super().__init__(**kwargs)
         vocab_size, max_len = self.hparams.vocab_size, self.hparams.max_len
         if n_embd % n_head:
             raise XLabError(f"model n_embd={n_embd} is not divisible by n_head={n_head}: change one of them.")
         if positions == "rotary" and (n_embd // n_head) % 2:
             raise XLabError(f"rotary positions need an even head size; n_embd/n_head={n_embd // n_head}.")
+        if n_kv_head is not None and (n_kv_head < 1 or n_head % n_kv_head):
+            raise XLabError(f"model n_head={n_head} is not a multiple of n_kv_head={n_kv_head}: change one of them.")
         if ffn_dim is None:
             ffn_dim = 4 * n_embd if activation == "gelu" else 64 * math.ceil(8 * n_embd / 3 / 64)
         rotary = Rotary(n_embd // n_head, max_len, rope_base) if positions == "rotary" else None
@@ -90,7 +94,7 @@ class XLabModel(LanguageModel):
             wte=nn.Embedding(vocab_size, n_embd),
             drop=nn.Dropout(dropout),
             h=nn.ModuleList(Block(n_embd, n_head, ffn_dim, dropout, bias, norm, norm_position, activation, rotary,
-                                  norm_eps) for _ in range(n_layer)),
+                                  norm_eps, n_kv_head) for _ in range(n_layer)),
             # Post-norm blocks end in a norm already; pre-norm needs one before the head.
             ln_f=make_norm(norm, n_embd, bias, norm_eps) if norm_position == "pre" else nn.Identity(),
         ))
@@ -110,12 +114,14 @@ class XLabModel(LanguageModel):
             # folder's. The weights now live in this model's checkpoints: rebuilding needs no folder.
             self.hparams.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd, ffn_dim=ffn_dim, positions=positions,
                                 rope_base=rope_base, norm=norm, norm_position=norm_position, activation=activation,
-                                bias=bias, tie_weights=tie_weights, norm_eps=norm_eps, init_from=None)
+                                bias=bias, tie_weights=tie_weights, norm_eps=norm_eps, n_kv_head=n_kv_head,
+                                init_from=None)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache for incremental decoding of `batch_size` sequences."""
         hp = self.hparams
-        return KVCache(hp.n_layer, batch_size, hp.n_head, max_len or hp.max_len, hp.n_embd // hp.n_head,
+        return KVCache(hp.n_layer, batch_size, hp.get("n_kv_head") or hp.n_head, max_len or hp.max_len,
+                       hp.n_embd // hp.n_head,
                        device=self.device, dtype=dtype or self.lm_head.weight.dtype)
 
     def forward(self, input_ids: Tensor, cache: KVCache | None = None, positions: Tensor | None = None,
