@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                                **SHAPE)
         pretrain = train(pretrained, docs, args.pretrain_steps, args.pretrain_steps)
         ckpt = tmp / "pretrained.ckpt"
-        pretrained.trainer.save_checkpoint(ckpt)
+        pretrained.trainer.save_checkpoint(ckpt, weights_only=False)
         export_hf_(export_checkpoint_(ckpt, tmp / "export"), tmp / "hf")
 
         folder = tmp / "prose"
