@@ -90,3 +90,20 @@ def test_inexpressible_models_and_targets_are_refused(tmp_path, spm):
                            "sentencepiece", {})
     with pytest.raises(XLabError, match="unigram"):
         export_hf_(folder, tmp_path / "uni-hf")
+
+
+def test_memory_gpt2_exports_only_without_a_memory(tmp_path, spm):
+    from xlab.export_hf import export_hf_
+    from xlab.models import MemoryGPT2
+
+    settings = dict(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=32, max_len=16)
+    plain = MemoryGPT2(use_memory=False, **settings).eval()
+    folder = write_export_(tmp_path / "plain", plain, {SPM_TOKENIZER: spm.to_bytes()}, "sentencepiece", {})
+    hf = transformers.AutoModelForCausalLM.from_pretrained(export_hf_(folder, tmp_path / "plain-hf")).eval()
+    tokens = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, plain(tokens), atol=1e-5, rtol=1e-5)
+    remembering = MemoryGPT2(use_memory=True, memory_size=64, **settings)
+    folder = write_export_(tmp_path / "memory", remembering, {SPM_TOKENIZER: spm.to_bytes()}, "sentencepiece", {})
+    with pytest.raises(XLabError, match="a MemoryGPT2 with a memory cannot be exported"):
+        export_hf_(folder, tmp_path / "memory-hf")
