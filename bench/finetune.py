@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{step:>6} {tuned:>11.3f} {scratch:>9.3f} {scratch - tuned:>7.3f}")
     last = max(results["scratch"])
     print(f"after {last} steps the fine-tuned model's val loss is {results['scratch'][last] - results['fine-tuned'][last]:.3f} "
-          f"nats/token lower ({time.time() - started:.0f} s in all)")
+          f"nats/token lower ({time.time() - started:.0f} s wall, {time.process_time():.0f} s CPU)")
     return 0
 
 
