@@ -229,7 +229,7 @@ def hf_state_from_xlab(kind: str, state: dict[str, torch.Tensor], n_layer: int, 
         for kind_ in ("weight", "bias"):
             if f"{xl}attn.c_attn.{kind_}" not in state:
                 continue
-            width, kv = hp_widths(state[f"{xl}attn.c_proj.weight"], state[f"{xl}attn.c_attn.{kind_}"])
+            width, kv = _attention_widths(state[f"{xl}attn.c_proj.weight"], state[f"{xl}attn.c_attn.{kind_}"])
             for p, part in zip("qkv", state[f"{xl}attn.c_attn.{kind_}"].split([width, kv, kv])):
                 out[f"{hf}self_attn.{p}_proj.{kind_}"] = part
             out[f"{hf}self_attn.o_proj.{kind_}"] = state[f"{xl}attn.c_proj.{kind_}"]
@@ -241,7 +241,7 @@ def hf_state_from_xlab(kind: str, state: dict[str, torch.Tensor], n_layer: int, 
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def hp_widths(c_proj: torch.Tensor, c_attn: torch.Tensor) -> tuple[int, int]:
+def _attention_widths(c_proj: torch.Tensor, c_attn: torch.Tensor) -> tuple[int, int]:
     """(query width, key/value width) of a stacked c_attn: the queries are as wide as the model."""
     width = c_proj.shape[0]
     return width, (c_attn.shape[0] - width) // 2

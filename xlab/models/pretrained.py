@@ -90,8 +90,6 @@ def architecture_of(start: StartingPoint, cls: type, given: dict) -> tuple:
     """The architecture settings in ARCHITECTURE order: the folder's, after checking `given`."""
     defaults = _defaults(cls)
     wanted = start.settings
-    if given.get("ffn_dim") is None:
-        given = {**given, "ffn_dim": defaults["ffn_dim"]}
     clashes = [f"{name}={given[name]!r} (the folder has {wanted[name]!r})" for name in ARCHITECTURE
                if given[name] != defaults[name] and given[name] != wanted[name]]
     if clashes:
@@ -123,13 +121,8 @@ def load_starting_weights(model, start: StartingPoint) -> None:
         rank_zero_info(f"xlab: grew the embedding of {start.source} from {pretrained} to {hp.vocab_size} tokens "
                        f"for {added} added special tokens (new rows: the mean of the pretrained ones)")
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if k not in _derived(model)]
-    if missing or result.unexpected_keys:
-        raise XLabError(f"the weights of {start.source} do not fit the model: missing {missing[:4]}, "
+    if result.missing_keys or result.unexpected_keys:
+        raise XLabError(f"the weights of {start.source} do not fit the model: missing {result.missing_keys[:4]}, "
                         f"unexpected {result.unexpected_keys[:4]}.")
     rank_zero_info(f"xlab: starting from {start.kind} weights in {start.source}")
 
-
-def _derived(model) -> set[str]:
-    """State entries computed from settings rather than stored (none for XLabModel today)."""
-    return {name for name, _ in model.named_buffers() if name.endswith(("cos", "sin", "sinusoids"))}
