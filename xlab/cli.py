@@ -179,6 +179,23 @@ def main(args: list[str] | None = None) -> XLabCLI | None:
         )
     except (XLabError, MisconfigurationException) as error:
         exit_with(error)
+    except ValueError as error:
+        # jsonargparse wraps what a model's or data module's constructor raised in its own error.
+        cause = xlab_cause(error)
+        if cause is None:
+            raise
+        exit_with(cause)
+
+
+def xlab_cause(error: BaseException) -> XLabError | None:
+    """The XLabError an exception was raised from, if any (following causes and contexts)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, XLabError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def check_arguments(argv: list[str], reads: CheckpointReads) -> None:

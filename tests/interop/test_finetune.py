@@ -91,3 +91,18 @@ def test_finetuned_checkpoint_resumes_without_the_folder(tmp_path, corpus_dir):
     tokenizer = XLabDataModule.load_from_checkpoint(ckpt).tokenizer
     assert model.hparams.positions == "learned" and model.hparams.n_embd == 32
     assert len(tokenizer) == model.hparams.vocab_size and tokenizer.decode(tokenizer.encode("ok  é")) == "ok  é"
+
+
+def test_cli_reports_folder_mismatches_in_one_line(tmp_path, corpus_dir, capsys):
+    gpt2 = write_gpt2_folder_(tmp_path / "gpt2", corpus_dir)
+    cases = [
+        (["--data.init_args.tokenizer_path", "null", "--data.init_args.vocab_size", "390"],
+         "the tokenizer has 390 tokens but the pretrained model"),
+        (["--model.init_args.n_layer", "6"], "contradicts the model settings n_layer=6 (the folder has 2)"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(["fit", *finetune_args(tmp_path, corpus_dir, gpt2, 1, *extra)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and err[-1].startswith("error: ") and message in err[-1]
+        assert "Traceback" not in "\n".join(err)
