@@ -70,6 +70,8 @@ class BrokenUnicode(Filter):
         self.max_combining = max_combining
 
     def broken(self, text: str) -> bool:
+        if text.isascii():  # the common case: only control characters can be wrong
+            return any(c < " " and c not in "\n\t" or c == "\x7f" for c in text)
         run = 0
         for char in text:
             if char == "\ufffd" or (unicodedata.category(char) == "Cc" and char not in "\n\t"):

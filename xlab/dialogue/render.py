@@ -85,12 +85,15 @@ class Renderer:
         for speaker in episode.speakers():
             self.check_speaker(speaker, f"episode {episode.id!r}")
         r = Rendered(episode.id, self.prefix(episode.context, episode.personas))
-        for turn in episode.turns:
-            text = turn_text(turn)
-            r.headers.append(self.header(turn.speaker))
-            r.bodies.append(self.body(text))
-            r.trained.append(turn.train)
-            r.texts.append(text)
+        r.texts = [turn_text(turn) for turn in episode.turns]
+        r.trained = [turn.train for turn in episode.turns]
+        pieces = [f"{t.speaker}:" for t in episode.turns] + [" " + text for text in r.texts]
+        # One call for the whole episode where the tokenizer encodes batches (sentencepiece does).
+        batch = getattr(self.tokenizer, "encode_batch", None)
+        ids = batch(pieces) if batch is not None else [self.tokenizer.encode(p) for p in pieces]
+        n = len(episode.turns)
+        r.headers = ids[:n]
+        r.bodies = [b + [self.turn_end_id] for b in ids[n:]]
         return r
 
     # --- windows and prompts ------------------------------------------------------------------
