@@ -221,6 +221,10 @@ class DialogueDataModule(XLabDataModule):
         dataset = [dict(windows[i], doc_index=torch.tensor(doc)) for i, (doc, _) in enumerate(items)]
         return self._loader(dataset, self.eval_batch_size, collate_fn=pad_collate(self.pad_id))
 
+    def unigram_loss(self, split: str = "test") -> float | None:
+        """Reply cross-entropy of a unigram model of the train replies: the baseline for reply perplexity."""
+        return _unigram_reply_loss(self.cache_folder, len(self.tokenizer), split)
+
     # --- what the dialogue metrics score ------------------------------------------------------
     def eval_examples(self, split: str) -> list[dict[str, Any]]:
         """Up to `eval_examples` trained turns of the split, each with its prompt (history windowed as
@@ -283,8 +287,8 @@ def _load_rendered(folder: Path, split: str) -> list:
     return rendered
 
 
-def _unigram_reply_loss(folder: Path, vocab_size: int) -> float | None:
-    """Cross-entropy of the val replies under the train replies' token frequencies (add-one):
+def _unigram_reply_loss(folder: Path, vocab_size: int, split: str = "val") -> float | None:
+    """Cross-entropy of the split's replies under the train replies' token frequencies (add-one):
     the bar a dialogue model must clear."""
     def reply_tokens(split: str) -> list[int]:
         tokens = np.load(folder / f"{split}.tokens.npy")
@@ -292,7 +296,7 @@ def _unigram_reply_loss(folder: Path, vocab_size: int) -> float | None:
         chosen = rows[(rows[:, 2] == BODY) & (rows[:, 3] == 1)]
         return [int(x) for _, _, _, _, s, e in chosen.tolist() for x in tokens[s:e]]
 
-    train, val = reply_tokens("train"), reply_tokens("val")
+    train, val = reply_tokens("train"), reply_tokens(split)
     if not val:
         return None
     counts, total = Counter(train), len(train) + vocab_size
