@@ -3,6 +3,7 @@
 
 Usage:
     python bench/dialogue.py                       # conf/dialogue.yaml on chitchat, shrunk to minutes
+    python bench/dialogue.py --full --steps 600     # the recipe's model as it is
     python bench/dialogue.py --steps 300 --episodes 3000 --threads 2
 
 Trains `conf/dialogue.yaml` twice through the real CLI, with the loss on the replies only
@@ -23,6 +24,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+SHRUNK = ["--model.init_args.n_layer", "2", "--model.init_args.n_head", "2", "--model.init_args.n_embd", "64",
+          "--model.init_args.max_len", "64", "--data.init_args.vocab_size", "1024"]
 
 
 def train_and_test(workdir: Path, mask_turns: bool, steps: int, extra: list[str]) -> dict[str, float]:
@@ -64,7 +69,9 @@ def report(results: dict[str, dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=600, help="training steps per model (default 600)")
+    parser.add_argument("--steps", type=int, default=400, help="training steps per model (default 400)")
+    parser.add_argument("--full", action="store_true",
+                        help="train the recipe's model; by default it is shrunk to 2 layers, width 64, context 64")
     parser.add_argument("--episodes", type=int, default=None, help="read at most this many conversations")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--workdir", default=None, help="where runs and caches go (default: a temporary folder)")
@@ -74,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     extra = ["--trainer.val_check_interval", str(args.steps), "--data.init_args.max_documents",
              "null" if args.episodes is None else str(args.episodes)]
+    if not args.full:
+        extra += SHRUNK
     with tempfile.TemporaryDirectory() as tmp:
         results = compare(Path(args.workdir or tmp), args.steps, extra)
     print(report(results))
