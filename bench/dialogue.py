@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--workdir", default=None, help="where runs and caches go (default: a temporary folder)")
     args = parser.parse_args(argv)
+    sys.argv = sys.argv[:1]  # the CLI runs below get their arguments as lists, not from this command line
     import torch
 
     torch.set_num_threads(args.threads)

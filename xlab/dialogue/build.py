@@ -71,9 +71,10 @@ def collect(modules: list[DialogueModule], limit: int | None = None, verbose: bo
 
 def build_dataset(module_specs: Iterable[str] | None = None, filter_specs: Iterable[str] | None = None,
                   name: str | None = None, print_episodes: int | None = None, verbose: bool = False,
-                  out=sys.stdout) -> Path | None:
+                  out=None) -> Path | None:
     """Write the episodes of `module_specs` (default: the packaged modules) after `filter_specs`
     (default: all filters) to a new JSONL file, or print `print_episodes` of them instead."""
+    out = out or sys.stdout
     specs = list(module_specs or PACKAGED)
     filter_names = list(DEFAULT_FILTERS if filter_specs is None else filter_specs)
     if name is not None and print_episodes is not None:
