@@ -118,9 +118,8 @@ class DialogueDataModule(XLabDataModule):
         from xlab.dialogue.render import Renderer
 
         if self._renderer is None or self._renderer.tokenizer is not self.tokenizer:
-            tok = self.tokenizer
-            reserved = [*self.tokenizer_settings()["extra_special_tokens"], tok.sos_token, tok.eos_token, tok.pad_token]
-            self._renderer = Renderer(tok, self.hparams.turn_end, reserved)
+            self._renderer = Renderer(self.tokenizer, self.hparams.turn_end,
+                                      self.tokenizer_settings()["extra_special_tokens"])
         return self._renderer
 
     # --- the cache ----------------------------------------------------------------------------
@@ -162,9 +161,8 @@ class DialogueDataModule(XLabDataModule):
             raise XLabError("the train split holds no episode: add episodes or raise its split fraction.")
         turn_end = self.hparams.turn_end
         tokenizer = self.make_tokenizer(episode_text(e, turn_end) for e in splits["train"])
-        tokenizer.save_(tmp / "tokenizer.model")
-        specials = [*self.tokenizer_settings()["extra_special_tokens"], tokenizer.sos_token, tokenizer.eos_token]
-        renderer = Renderer(tokenizer, turn_end, specials)
+        (tmp / "tokenizer.model").write_bytes(tokenizer.to_bytes())  # the folder is renamed into place when complete
+        renderer = Renderer(tokenizer, turn_end, self.tokenizer_settings()["extra_special_tokens"])
         sizes = {}
         for name, split in splits.items():
             rendered = [renderer.render(e) for e in split]

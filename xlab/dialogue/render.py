@@ -53,8 +53,14 @@ class Rendered:
         return len(self.headers[t]) + len(self.bodies[t])
 
 
+def special_pieces(tokenizer) -> list[str]:
+    """The tokenizer's start, end and padding pieces, where it names them."""
+    return [p for p in (getattr(tokenizer, n, None) for n in ("sos_token", "eos_token", "pad_token")) if p]
+
+
 class Renderer:
-    """Encodes episodes with a tokenizer (any with encode, tok[piece], sos_id) and a turn-end piece."""
+    """Encodes episodes with a tokenizer (any with encode, tok[piece], sos_id) and a turn-end piece;
+    `reserved` are the pieces no speaker name may contain (the turn-end marker always is)."""
 
     def __init__(self, tokenizer, turn_end: str, reserved: list[str] | None = None):
         self.tokenizer, self.turn_end = tokenizer, turn_end
@@ -63,7 +69,7 @@ class Renderer:
         except KeyError:
             raise XLabError(f"the turn-end marker {turn_end!r} is not a token of this tokenizer: train it with the "
                             "marker among its special tokens (the dialogue data module adds it).") from None
-        self.reserved = [r for r in (reserved or []) + [turn_end] if r]
+        self.reserved = [r for r in (reserved or []) + special_pieces(tokenizer) + [turn_end] if r]
 
     def check_speaker(self, name: str, where: str) -> None:
         clash = next((r for r in self.reserved if r in name), None)

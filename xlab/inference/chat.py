@@ -55,7 +55,7 @@ class Chat:
     """The state of one conversation: its prefix and turns, as token ids and as text."""
 
     def __init__(self, tokenizer, turn_end: str, user: str, bot: str, persona: str = "", context: str = ""):
-        self.renderer = Renderer(tokenizer, turn_end, [tokenizer.sos_token, tokenizer.eos_token])
+        self.renderer = Renderer(tokenizer, turn_end)
         for name in (user, bot):
             self.renderer.check_speaker(name, "--user-name / --bot-name")
         self.user, self.bot = user, bot
