@@ -105,3 +105,13 @@ def test_broken_unicode_and_near_duplicates_are_seeded():
     assert len(first) == 4 and first == build_filter("near_duplicates?max_repeats=2&seed=1").rejects(eps)
     with pytest.raises(XLabError, match="there is no filter 'nope': use one of duplicates"):
         build_filter("nope")
+
+
+def test_a_prompt_keeps_the_prefix_and_the_latest_whole_turns_that_fit(tokenizer):
+    renderer = Renderer(tokenizer, END)
+    r = renderer.render(episode(n_turns=8))
+    header = renderer.header("Bot")
+    budget = len(r.prefix) + r.turn_length(6) + r.turn_length(7) + len(header) + 1
+    ids = Renderer.prompt(r.prefix, r.headers, r.bodies, header, budget)
+    assert ids[: len(r.prefix)] == r.prefix and ids[-len(header):] == header and len(ids) <= budget
+    assert tokenizer.decode(ids[len(r.prefix):]) == f"User: words of turn 6{END}Bot: words of turn 7{END}Bot:"

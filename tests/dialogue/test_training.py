@@ -3,6 +3,7 @@ small version of bench/dialogue.py), and `infer.py --chat` holds a conversation 
 
 from __future__ import annotations
 
+import io
 import math
 import subprocess
 import sys
@@ -41,15 +42,31 @@ def test_turn_masked_training_ranks_the_true_reply_well_above_chance(trained):
     assert "Hits@1/20" in bench.report({"masked": masked, "unmasked": masked})
 
 
-def test_chat_answers_each_piped_turn_and_stops_at_the_turn_end(trained):
+def replies_of(stdout: str) -> list[str]:
+    replies = [line for line in stdout.splitlines() if line.strip()]
+    assert all(r.startswith("Bot: ") and len(r) > len("Bot: ") for r in replies), stdout
+    assert not any("User:" in r or "<|turn_end|>" in r for r in replies)
+    return replies
+
+
+TURNS = "do you like apple or pear ?\nwhat about plum ?\n"
+
+
+def test_chat_answers_each_turn_piped_into_infer(trained):
     tmp, _, _ = trained
     ckpt = sorted((tmp / "runs" / "masked").rglob("last.ckpt"))[-1]
-    for stream in ([], ["--stream"]):
-        done = subprocess.run([sys.executable, str(ROOT / "infer.py"), str(ckpt), "--chat", "--greedy", "--limit", "12",
-                               "--context", "A talk about fruit.", *stream],
-                              input="do you like apple or pear ?\nwhat about plum ?\n", capture_output=True, text=True,
-                              cwd=ROOT, timeout=300)
-        assert done.returncode == 0, done.stderr
-        replies = [line for line in done.stdout.splitlines() if line.strip()]
-        assert len(replies) == 2 and all(r.startswith("Bot: ") and len(r) > len("Bot: ") for r in replies), done.stdout
-        assert not any("User:" in r or "<|turn_end|>" in r for r in replies)
+    done = subprocess.run([sys.executable, str(ROOT / "infer.py"), str(ckpt), "--chat", "--greedy", "--limit", "12",
+                           "--context", "A talk about fruit.", "--stream"],
+                          input=TURNS, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(replies_of(done.stdout)) == 2
+
+
+def test_chat_from_an_export(trained, monkeypatch, capsys):
+    from xlab.export import export_checkpoint_
+
+    tmp, _, _ = trained
+    export = export_checkpoint_(sorted((tmp / "runs" / "masked").rglob("last.ckpt"))[-1], tmp / "export")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(TURNS))
+    assert load_script("infer").main([str(export), "--chat", "--greedy", "--limit", "12", "--bot-name", "Bot"]) == 0
+    assert len(replies_of(capsys.readouterr().out)) == 2

@@ -73,8 +73,9 @@ class Chat:
 
 def chat(loaded, settings, user: str = "User", bot: str = "Bot", persona: str = "", context: str = "",
          turn_end: str = "<|turn_end|>", stream: bool = False, seed: int | None = None,
-         stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> int:
+         stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Read the user's turns line by line until end of input (Ctrl-D); print each reply as `Bot: text`."""
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     tokenizer, model = loaded.tokenizer, loaded.model
     conversation = Chat(tokenizer, turn_end, user, bot, persona, context)
     max_len = int(model.hparams["max_len"])
