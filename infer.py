@@ -5,6 +5,7 @@ Usage:
     ./infer.py [OPTIONS] CHECKPOINT_PATH "PROMPT"
     ./infer.py [OPTIONS] CHECKPOINT_PATH -            # prompt from stdin (one trailing newline dropped)
     ./infer.py --interactive [OPTIONS] CHECKPOINT_PATH  # a prompt loop; Ctrl-D ends it
+    ./infer.py --chat [--persona TEXT] [--context TEXT] CHECKPOINT_PATH  # talk to a dialogue model; Ctrl-D ends it
 
 CHECKPOINT_PATH is a Lightning checkpoint (.ckpt) or an export folder (manage.py export-checkpoint,
 manage.py import-hf); an export's generation.json supplies the defaults of the options below.
@@ -82,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also store the prompt and the generated text in the memory, as training does, so "
                              "later text (and later prompts with --interactive) can recall it; by default "
                              "sampling only reads the saved memory. The checkpoint is never changed")
+    chat = parser.add_argument_group("chat (models trained on dialogue episodes)")
+    chat.add_argument("--chat", action="store_true",
+                      help="a conversation: each line read is the user's turn, the model answers as the bot "
+                           "until the turn-end token; the history is kept and windowed as in training")
+    chat.add_argument("--persona", default="", metavar="TEXT", help="the bot's persona, shown before the turns")
+    chat.add_argument("--context", default="", metavar="TEXT", help="the setting or scenario of the conversation")
+    chat.add_argument("--user-name", default="User", metavar="NAME", help="the user's speaker name (default User)")
+    chat.add_argument("--bot-name", default="Bot", metavar="NAME", help="the bot's speaker name (default Bot)")
+    chat.add_argument("--turn-end", default="<|turn_end|>", metavar="TOKEN",
+                      help="the special token that ends a turn, as the data module's turn_end (default <|turn_end|>)")
     return parser
 
 
@@ -105,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.interactive and args.prompt is None:
+    if not args.interactive and not args.chat and args.prompt is None:
         raise XLabError("no PROMPT given: pass the text to continue, '-' to read stdin, or --interactive.")
     from xlab.export import load
 
@@ -116,6 +127,11 @@ def run(args: argparse.Namespace) -> int:
     settings = merged_settings(loaded, args)
     if args.stream and settings.num_samples > 1:
         raise XLabError("--stream shows one sequence as it grows: use it with --num-samples 1.")
+    if args.chat:
+        from xlab.inference.chat import chat
+
+        return chat(loaded, settings, args.user_name, args.bot_name, args.persona, args.context, args.turn_end,
+                    args.stream, args.seed)
     if args.interactive:
         return interactive(loaded, settings, args)
     prompt = sys.stdin.read().removesuffix("\n") if args.prompt == "-" else args.prompt

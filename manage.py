@@ -7,6 +7,7 @@ Usage:
     ./manage.py import-hf HF_DIR [-o OUT] [--tokenizer SPM_MODEL] [--force]
     ./manage.py export-hf CKPT_OR_EXPORT -o DIR [--force]
     ./manage.py build-retrieval -c RECIPE.yaml [-o DIR] [--max-len N]
+    ./manage.py build-dataset [-o OUTPUT_NAME] [-m MODULES] [-f FILTERS] [-p N] [-v]
     ./manage.py COMMAND --help
 
 An export is a folder of safetensors weights, config.json, generation.json and the tokenizer:
@@ -164,6 +165,33 @@ def build_retrieval(args: argparse.Namespace) -> int:
           f"index {db.manifest['index']['factory']} ({sizes['index_bytes'] / 1e6:.1f} MB), k={db.k}")
     if args.out:
         print(f"train with it: --data.init_args.database_dir {db.out_dir}")
+    return 0
+
+
+@subcommand(
+    "build-dataset",
+    "read dialogue modules into episodes, filter them, and write one JSONL file (or print a few)",
+    arg("-o", "--output-name", metavar="NAME",
+        help="file to write, without extension (.jsonl is added; an existing file is never overwritten); "
+             "default rev-{git short hash}-args{hash of -m and -f}, rev-nogit-... outside a git checkout"),
+    arg("-m", "--modules", metavar="MODULES",
+        help="comma-separated module:Class[=PATH[?option=value&...]] (default: every module that needs no "
+             "file: chitchat:ChitChat,chatterbot:Chatterbot); e.g. sharegpt:ShareGPT=data/chats.json"),
+    arg("-f", "--filters", metavar="FILTERS",
+        help="comma-separated filters, name[?option=value&...] (default: duplicates,length,unicode,"
+             "near_duplicates; '' for none)"),
+    arg("-p", "--print", type=int, metavar="N", dest="print_episodes",
+        help="print N episodes instead of writing a file"),
+    arg("-v", "--verbose", action="store_true", help="report per-module counts and what the filters removed"),
+)
+def build_dataset(args: argparse.Namespace) -> int:
+    from xlab.dialogue.build import build_dataset as build
+
+    if args.print_episodes is not None and args.print_episodes < 1:
+        raise XLabError(f"-p {args.print_episodes}: print at least one episode.")
+    modules = [m.strip() for m in args.modules.split(",") if m.strip()] if args.modules else None
+    filters = None if args.filters is None else [f.strip() for f in args.filters.split(",") if f.strip()]
+    build(modules, filters, args.output_name, args.print_episodes, args.verbose)
     return 0
 
 

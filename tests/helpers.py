@@ -93,3 +93,16 @@ def xlab_data(corpus_dir: Path, tmp_path: Path, **overrides):
     settings = dict(sources=[{"kind": "text_folder", "path": str(corpus_dir)}], cache_dir=str(tmp_path / "cache"),
                     vocab_size=TOKENIZER_SIZE, max_len=16, batch_size=4)
     return XLabDataModule(**(settings | overrides))
+
+
+def write_dialogue_episodes(path: Path, count: int = 200, seed: int = 0) -> Path:
+    """`count` short two-party conversations as a built episode file (the dialogue recipe's data)."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(count):
+        a, b, c = rng.sample(WORDS[:60], 3)
+        turns = [{"speaker": "User", "text": f"{a} {b}?", "train": False}, {"speaker": "Bot", "text": f"{b} {c}.", "train": True},
+                 {"speaker": "User", "text": f"{c}?", "train": False}, {"speaker": "Bot", "text": f"{a}.", "train": True}]
+        lines.append(json.dumps({"id": f"talk-{i}", "source": "test", "context": "", "personas": {}, "turns": turns}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

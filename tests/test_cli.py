@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import CONF, tiny
+from tests.helpers import CONF, tiny, write_dialogue_episodes
 from xlab.cli import main
 
 # finetune-gpt2.yaml needs a pretrained folder: tests/interop/test_finetune.py runs it end to end on one.
@@ -28,7 +28,7 @@ def local_wikitext(tmp_path: Path, corpus_dir: Path) -> Path:
 
 def sources_for(recipe: str, tmp_path: Path, corpus_dir: Path) -> list[dict]:
     """The recipe's own source kind, pointed at local data the test writes."""
-    source = yaml.safe_load((CONF / recipe).read_text())["data"]["init_args"]["sources"][0]
+    source = (yaml.safe_load((CONF / recipe).read_text())["data"]["init_args"].get("sources") or [{"kind": None}])[0]
     if source["kind"] == "huggingface":
         group = source.get("group", "row")
         return [{**source, "name": None, "path": str(local_wikitext(tmp_path, corpus_dir)), "split": "train",
@@ -48,6 +48,8 @@ def test_recipe_end_to_end(recipe, tmp_path, corpus_dir, capsys):
     args = ["-c", str(CONF / recipe), *tiny(tmp_path, sources_for(recipe, tmp_path, corpus_dir))]
     if "chunk_size" in yaml.safe_load((CONF / recipe).read_text())["model"]["init_args"]:  # RETRO: chunks fit max_len 16
         args += ["--model.init_args.chunk_size", "4", "--data.init_args.chunk_size", "4"]
+    if "episodes" in yaml.safe_load((CONF / recipe).read_text())["data"]["init_args"]:  # dialogue: an episode file
+        args += ["--data.init_args.episodes", json.dumps([str(write_dialogue_episodes(tmp_path / "talks.jsonl"))])]
     cli = main(["fit", *args])
     assert cli.trainer.global_step == 4
     ckpt = last_checkpoint(tmp_path)
