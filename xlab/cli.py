@@ -24,7 +24,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from xlab.callbacks import DocumentScoreWriter, RandomState, RunSummary, XLabCheckpoint
 from xlab.checkpoint import read_checkpoint
-from xlab.cli_errors import XLabArgumentParser
+from xlab.cli_errors import XLabArgumentParser, xlab_error_in
 from xlab.datamodules import XLabDataModule
 from xlab.errors import XLabError, exit_with
 from xlab.models import LanguageModel
@@ -111,6 +111,17 @@ class XLabCLI(LightningCLI):
                 if isinstance(callback, SaveConfigCallback):
                     callback.save_to_log_dir = False
         return trainer
+
+    def instantiate_classes(self) -> None:
+        # A data module's or model's constructor refusing a setting is the user's one-line error,
+        # not a traceback through jsonargparse's union of types.
+        try:
+            super().instantiate_classes()
+        except Exception as error:
+            found = xlab_error_in(error)
+            if found is None:
+                raise
+            raise found from None
 
     def parse_arguments(self, parser, args) -> None:
         self._given_args = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
