@@ -71,7 +71,7 @@ class Step:
     """One step's counters; `update` after each piece of work, `finish` at the end."""
 
     def __init__(self, owner: BuildProgress, name: str, unit: str, total_items: int | None, total_bytes: int | None):
-        self.owner, self.name, self.unit = owner, name, unit
+        self.owner, self.title, self.name, self.unit = owner, name, name, unit
         self.total_items, self.total_bytes = total_items, total_bytes
         self.items = self.bytes = 0
         self.started = self.last_line = time.monotonic()
@@ -101,7 +101,7 @@ class Step:
             self.owner._rich.update(self._task, total=self.bytes, completed=self.bytes, items=self.items)
         else:
             rate = self.bytes / elapsed if elapsed > 0 else 0.0
-            self._line(f"{self.name}: done, {self.items:,} {self.unit}, {human_bytes(self.bytes)} in {clock(elapsed)} "
+            self._line(f"{self.title}: done, {self.items:,} {self.unit}, {human_bytes(self.bytes)} in {clock(elapsed)} "
                        f"({human_bytes(rate)}/s)")
 
     def _status(self) -> str:
