@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -28,6 +28,7 @@ from xlab.cli_errors import XLabArgumentParser, xlab_error_in
 from xlab.datamodules import XLabDataModule
 from xlab.errors import XLabError, exit_with
 from xlab.models import LanguageModel
+from xlab.progress_bar import StepProgressBar
 
 # Lightning's own noise, not the user's concern: an advert, a deprecation inside Lightning, and a
 # note that validating a checkpoint from another run folder does not restore its top-k list.
@@ -101,7 +102,7 @@ class XLabCLI(LightningCLI):
         # brings its own.
         listed = [*(config.get("callbacks") or []), *callbacks]
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in listed):
-            callbacks = [*callbacks, RichProgressBar()]
+            callbacks = [*callbacks, StepProgressBar()]
         trainer = super()._instantiate_trainer(config, callbacks)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the run configured
             trainer.strategy.checkpoint_io = ReadOnceCheckpointIO(trainer.strategy.checkpoint_io, self.checkpoint_reads)
