@@ -78,7 +78,7 @@ def train(data: XLabDataModule, arch: dict, schedule: tuple, steps: int, seed: i
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            curve.append(float(loss))
+            curve.append(loss.item())
             done += 1
             if done == steps:
                 break
@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             for arch in configs:
                 result = train(data, arch, SCHEDULES[name], args.steps)
                 rows.append((result["val_loss"], result["bpb"], label(arch)))
+                print(f"  {name}: {label(arch)}: val loss {result['val_loss']:.3f}", file=sys.stderr, flush=True)
             rows.sort()
             best = rows[0][0]
             print(f"\n## learning rate: {name} ({time.perf_counter() - start:.0f} s)\n")
