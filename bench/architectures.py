@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Every XLabModel architecture option, trained the same way: does each one learn?
 
-    python bench/architectures.py [--steps 150] [--threads 1] [--only positions=sinusoidal,norm=layernorm]
+    python bench/architectures.py [--steps 100] [--threads 1] [--only positions=sinusoidal,norm=layernorm]
 
 Trains a tiny XLabModel (2 layers, width 64, context 64) for the same steps on the embedded
 corpus, for every combination of positions x norm x norm_position x activation x tie_weights
@@ -104,7 +104,7 @@ def label(arch: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--cache-dir", default=None, help="corpus cache root (default: a temporary folder)")
