@@ -124,7 +124,11 @@ def refusals(cls: type, base: dict, section: str) -> list[tuple[str, object, str
     """(argument, value, message) for the first value of each argument that `cls` refuses with an XLabError."""
     params = constructor_parameters(cls)
     settings = {k: v for k, v in base.items() if k in params}
-    cls(**settings)  # the base settings themselves must be accepted
+    try:
+        cls(**settings)  # the base settings themselves must be accepted
+    except Exception as error:
+        UNBUILDABLE[cls.__name__] = f"{type(error).__name__}: {error}"
+        return []
     hints, found = _hints(cls), []
     for name, param in params.items():
         if name in LINKED[section]:
@@ -140,6 +144,9 @@ def refusals(cls: type, base: dict, section: str) -> list[tuple[str, object, str
     return found
 
 
+UNBUILDABLE: dict[str, str] = {}  # classes the probe could not build from the base settings, and why
+
+
 def cases() -> list:
     out = []
     for cls in data_module_classes():
@@ -150,6 +157,11 @@ def cases() -> list:
 
 
 CASES = cases()
+
+
+def test_every_class_builds_from_the_probe_settings():
+    assert not UNBUILDABLE, (f"the probe cannot build {UNBUILDABLE}: add the settings these classes need "
+                             "to DATA_BASE or MODEL_BASE")
 
 
 def test_the_probe_finds_the_known_refusals_and_every_class():
