@@ -30,3 +30,12 @@ def test_the_bar_counts_steps_and_shows_four_numbers_on_one_line(corpus_dir, tmp
     last = [line for line in shown.splitlines() if "12/12" in line][-1]
     assert re.search(r"loss: \d+\.\d{3} val loss: \d+\.\d{3} tok/s: [\d.]+k?", last), last
     assert bar.tokens_per_second() > 0
+
+
+def test_xlab_fit_uses_it(tmp_path, corpus_dir):
+    from tests.helpers import CONF, tiny
+    from xlab.cli import main
+
+    args = tiny(tmp_path, [{"kind": "text_folder", "path": str(corpus_dir)}], steps=2)
+    cli = main(["fit", "-c", str(CONF / "defaults.yaml"), *args, "--trainer.enable_progress_bar", "true"])
+    assert isinstance(cli.trainer.progress_bar_callback, StepProgressBar)
