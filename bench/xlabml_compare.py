@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    original_model(8, argparse.Namespace(context=8, width=8, layers=1, heads=1))  # fails early if xlabml is missing
     data = XLabDataModule(sources=[{"kind": "embedded"}], cache_dir=args.cache_dir, vocab_size=args.vocab_size,
                           max_len=args.context, batch_size=args.batch_size)
     data.prepare_data()
