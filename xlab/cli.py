@@ -18,16 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from xlab.callbacks import DocumentScoreWriter, RandomState, RunSummary, XLabCheckpoint
 from xlab.checkpoint import read_checkpoint
-from xlab.cli_errors import XLabArgumentParser
+from xlab.cli_errors import XLabArgumentParser, xlab_error_in
 from xlab.datamodules import XLabDataModule
 from xlab.errors import XLabError, exit_with
 from xlab.models import LanguageModel
+from xlab.progress_bar import StepProgressBar
 
 # Lightning's own noise, not the user's concern: an advert, a deprecation inside Lightning, and a
 # note that validating a checkpoint from another run folder does not restore its top-k list.
@@ -102,7 +103,7 @@ class XLabCLI(LightningCLI):
         # brings its own.
         listed = [*(config.get("callbacks") or []), *callbacks]
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in listed):
-            callbacks = [*callbacks, RichProgressBar()]
+            callbacks = [*callbacks, StepProgressBar()]
         trainer = super()._instantiate_trainer(config, callbacks)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the run configured
             trainer.strategy.checkpoint_io = ReadOnceCheckpointIO(trainer.strategy.checkpoint_io, self.checkpoint_reads)
@@ -112,6 +113,17 @@ class XLabCLI(LightningCLI):
                 if isinstance(callback, SaveConfigCallback):
                     callback.save_to_log_dir = False
         return trainer
+
+    def instantiate_classes(self) -> None:
+        # A data module's or model's constructor refusing a setting is the user's one-line error,
+        # not a traceback through jsonargparse's union of types.
+        try:
+            super().instantiate_classes()
+        except Exception as error:
+            found = xlab_error_in(error)
+            if found is None:
+                raise
+            raise found from None
 
     def parse_arguments(self, parser, args) -> None:
         self._given_args = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
@@ -179,23 +191,6 @@ def main(args: list[str] | None = None) -> XLabCLI | None:
         )
     except (XLabError, MisconfigurationException) as error:
         exit_with(error)
-    except ValueError as error:
-        # jsonargparse wraps what a model's or data module's constructor raised in its own error.
-        cause = xlab_cause(error)
-        if cause is None:
-            raise
-        exit_with(cause)
-
-
-def xlab_cause(error: BaseException) -> XLabError | None:
-    """The XLabError an exception was raised from, if any (following causes and contexts)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, XLabError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def check_arguments(argv: list[str], reads: CheckpointReads) -> None:

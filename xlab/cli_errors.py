@@ -1,7 +1,9 @@
 """One-line argument errors: jsonargparse explains a bad key in a dozen lines plus the usage.
 
 The line that matters (which option is unknown, which value has the wrong type) is buried in
-the middle; this keeps the key and that line and drops the rest.
+the middle; this keeps the key and that line and drops the rest. A constructor's own XLabError
+reaches the CLI wrapped in jsonargparse's ValueError (it tries each type of a union and reports
+them all); `xlab_error_in` digs the user's line back out of that chain.
 """
 
 from __future__ import annotations
@@ -39,3 +41,14 @@ class XLabArgumentParser(LightningArgumentParser):
             super().error(message, ex)
         prog = self.prog.replace(" [options]", "")
         raise XLabError(f"{condense(message)} (see {prog} --help)")
+
+
+def xlab_error_in(error: BaseException) -> XLabError | None:
+    """The XLabError that `error` wraps (its cause, or the cause's cause ...), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, XLabError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

@@ -23,12 +23,13 @@ from xlab.datamodules.cache import build_once_, default_cache_root, settings_key
 from xlab.datamodules.datasets import BlockDataset, DocumentWindows, pad_collate
 from xlab.datamodules.encode import build_encoded_corpus_, open_tokens
 from xlab.datamodules.resumable import resumable_loader, run_seed
+from xlab.datamodules.sections import DEFAULT_SECTION_BYTES
 from xlab.datamodules.sources import build_source
 from xlab.datamodules.splits import SPLITS, check_fractions
 from xlab.datamodules.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_bytes
 from xlab.errors import XLabError
 
-CACHE_FORMAT = 1  # bump when the folder layout or encoding changes, so old caches are not trusted
+CACHE_FORMAT = 2  # bump when the folder layout or encoding changes, so old caches are not trusted
 
 
 class XLabDataModule(L.LightningDataModule):
@@ -53,6 +54,9 @@ class XLabDataModule(L.LightningDataModule):
         batch_size, eval_batch_size: Per-device batch sizes for training and evaluation.
         num_workers: DataLoader worker processes.
         reprocess: Rebuild the cache even if it exists (also REPROCESS=1 in the environment).
+        section_bytes: Documents longer than this (UTF-8 bytes) are cut into sections at paragraph
+            boundaries before the split, so that no single document decides a split's volume;
+            null keeps every document whole.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class XLabDataModule(L.LightningDataModule):
         num_workers: int = 0,
         reprocess: bool = False,
         tokenizer_path: str | None = None,
+        section_bytes: int | None = DEFAULT_SECTION_BYTES,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -79,6 +84,8 @@ class XLabDataModule(L.LightningDataModule):
         self.fractions = check_fractions(split_fractions)
         if max_len < 1 or (stride is not None and stride < 1):
             raise XLabError(f"data max_len={max_len} and stride={stride} must be positive.")
+        if section_bytes is not None and section_bytes < 1:
+            raise XLabError(f"data section_bytes={section_bytes} must be positive, or null to keep documents whole.")
         self._tokenizer: Tokenizer | None = None
         self._token_bytes: np.ndarray | None = None
         self._built = False
@@ -117,7 +124,8 @@ class XLabDataModule(L.LightningDataModule):
     def _cache_folder(self) -> Path:
         settings = {"format": CACHE_FORMAT, "sources": [s.fingerprint() for s in self.sources],
                     "fractions": self.fractions, "salt": self.hparams.split_salt,
-                    "max_documents": self.hparams.max_documents, "tokenizer": self.tokenizer_settings()}
+                    "max_documents": self.hparams.max_documents, "tokenizer": self.tokenizer_settings(),
+                    "section_bytes": self.hparams.section_bytes}
         root = Path(os.path.expanduser(self.hparams.cache_dir)) if self.hparams.cache_dir else default_cache_root()
         return root / "corpus" / settings_key(settings)
 
@@ -132,7 +140,8 @@ class XLabDataModule(L.LightningDataModule):
         def build(tmp: Path) -> None:
             print(f"xlab: building the corpus cache {folder} ...", flush=True)
             build_encoded_corpus_(tmp, self.sources, self.fractions, self.hparams.split_salt,
-                                  self.make_tokenizer, self.hparams.max_documents)
+                                  self.make_tokenizer, self.hparams.max_documents,
+                                  section_bytes=self.hparams.section_bytes)
 
         build_once_(folder, build, rebuild=rebuild)
         self._built = True

@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 
 from xlab.datamodules.cache import COMPLETE
+from xlab.datamodules.progress import BuildProgress, Step
+from xlab.datamodules.sections import sectioned
 from xlab.datamodules.sources import Document, Source
+from xlab.datamodules.split_report import report_splits
 from xlab.datamodules.splits import SPLITS, split_of
 from xlab.datamodules.tokenizer import Tokenizer
 from xlab.errors import XLabError
@@ -42,43 +45,71 @@ def documents(sources: Sequence[Source], max_documents: int | None = None) -> It
 
 def build_encoded_corpus_(out: Path, sources: Sequence[Source], fractions: Sequence[float], salt: int,
                           make_tokenizer: Callable[[Iterable[str]], Any] | dict[str, Any],
-                          max_documents: int | None = None) -> None:
+                          max_documents: int | None = None, section_bytes: int | None = None,
+                          progress: BuildProgress | None = None) -> None:
     """`make_tokenizer(train_texts)` returns the tokenizer (a data module's `make_tokenizer`); a
-    dict instead is taken as sentencepiece training settings."""
-    started = time.time()
-    counts = dict.fromkeys(SPLITS, 0)
+    dict instead is taken as sentencepiece training settings. section_bytes: documents longer than
+    this are cut into sections before the split (see sections.py); progress: how each step reports
+    (default: bars on a terminal, else log lines)."""
     if isinstance(make_tokenizer, dict):
         settings = make_tokenizer
         make_tokenizer = lambda texts: Tokenizer.train(  # noqa: E731
             (line for text in texts for line in text.splitlines()), **settings)
+    with progress or BuildProgress() as shown:
+        _build_encoded_corpus_(out, sources, fractions, salt, make_tokenizer, max_documents, section_bytes, shown)
+
+
+def _build_encoded_corpus_(out: Path, sources: Sequence[Source], fractions: Sequence[float], salt: int,
+                           make_tokenizer: Callable[[Iterable[str]], Any], max_documents: int | None,
+                           section_bytes: int | None, progress: BuildProgress) -> None:
+    started = time.time()
+    counts = dict.fromkeys(SPLITS, 0)
+    sections = {"section_bytes": section_bytes or 0, "documents_cut": 0, "sections": 0}
+    reading = progress.step("reading + tokenizer")
+
+    def corpus(stats: dict[str, int] | None = None) -> Iterator[Document]:
+        return sectioned(documents(sources, max_documents), section_bytes, stats)
 
     def train_texts() -> Iterator[str]:
-        for doc in documents(sources, max_documents):
+        for doc in corpus(sections):
             split = split_of(doc.id, fractions, salt)
             counts[split] += 1
+            reading.update(1, len(doc.text.encode("utf-8")))
             if split == "train":
                 yield doc.text
+        reading.describe("training tokenizer")
 
     texts = train_texts()
     tokenizer = make_tokenizer(texts)
     deque(texts, maxlen=0)  # a pretrained tokenizer reads nothing, but every split must be counted
+    reading.finish()
     _check_counts(counts, fractions)
     tokenizer.save_(out / "tokenizer.model")
 
     dtype = token_dtype(len(tokenizer))
     meta: dict[str, Any] = {"splits": {}, "vocab_size": len(tokenizer), "dtype": dtype.name}
     writers = {s: _SplitWriter(out, s, dtype, tokenizer.sos_id, tokenizer.eos_id) for s in SPLITS}
+    encoding = progress.step("encoding", total_items=reading.items, total_bytes=reading.bytes)
     batch: list[Document] = []
-    for doc in documents(sources, max_documents):
+    for doc in corpus():
         batch.append(doc)
         if len(batch) == ENCODE_BATCH:
             _encode_batch(batch, tokenizer, writers, fractions, salt)
+            encoding.update(len(batch), sum(len(d.text.encode("utf-8")) for d in batch))
             batch = []
     _encode_batch(batch, tokenizer, writers, fractions, salt)
+    encoding.update(len(batch), sum(len(d.text.encode("utf-8")) for d in batch))
+    encoding.finish()
     for split, writer in writers.items():
         meta["splits"][split] = writer.close()
 
-    meta["unigram_loss"] = unigram_baseline(out, dtype, len(tokenizer))
+    train_size = (out / "train.bin").stat().st_size
+    baseline = progress.step("unigram baseline", unit="tokens", total_items=train_size // dtype.itemsize,
+                             total_bytes=train_size)
+    meta["unigram_loss"] = unigram_baseline(out, dtype, len(tokenizer), baseline)
+    baseline.finish()
+    report_splits(meta["splits"], fractions, sections)  # adds each split's fraction and byte share
+    meta["sections"] = sections
     meta["build_seconds"] = round(time.time() - started, 2)
     (out / COMPLETE).write_text(json.dumps(meta, indent=2))
 
@@ -125,7 +156,7 @@ class _SplitWriter:
         return {"documents": len(self.offsets) - 1, "tokens": self.offsets[-1], "bytes": self.num_bytes}
 
 
-def unigram_baseline(out: Path, dtype: np.dtype, vocab_size: int) -> float | None:
+def unigram_baseline(out: Path, dtype: np.dtype, vocab_size: int, progress: Step | None = None) -> float | None:
     """Cross-entropy (nats/token) of val targets under the train split's smoothed unigram.
 
     The loss a model reaches by learning token frequencies alone; a trained LM must beat it.
@@ -135,7 +166,10 @@ def unigram_baseline(out: Path, dtype: np.dtype, vocab_size: int) -> float | Non
         return None
     counts = np.ones(vocab_size, dtype=np.float64)  # add-one smoothing
     for start in range(0, len(train), 1 << 24):  # in slices: memory stays flat on large corpora
-        counts += np.bincount(train[start:start + (1 << 24)], minlength=vocab_size)
+        piece = train[start:start + (1 << 24)]
+        counts += np.bincount(piece, minlength=vocab_size)
+        if progress is not None:
+            progress.update(len(piece), piece.nbytes)
     log_p = np.log(counts / counts.sum())
     total = sum(float(log_p[val[s:s + (1 << 24)]].sum()) for s in range(1, len(val), 1 << 24))
     return -total / (len(val) - 1)

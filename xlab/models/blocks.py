@@ -98,6 +98,7 @@ def position_ids(input_ids: Tensor, past: int, max_len: int, positions: Tensor |
 
 
 def sinusoidal_table(max_len: int, dim: int) -> Tensor:
+    """The original Transformer's position table: amplitude 1, root mean square 1/sqrt(2)."""
     position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
     div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
     table = torch.zeros(max_len, dim)
@@ -205,6 +206,9 @@ def attention_mask(T: int, past: int, padding: Tensor | None, device: torch.devi
     return mask
 
 
+INIT_STD = 0.02  # GPT-2's weight and embedding initialisation
+
+
 def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:
     """GPT-2's initialisation, in place: linear and embedding weights from N(0, 0.02), zero biases,
     and residual projections (every `c_proj`) from N(0, 0.02 / sqrt(2 * n_layer)) so the residual
@@ -212,7 +216,7 @@ def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:
     seed gives the same weights whatever else the model holds."""
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
     for name, param in model.named_parameters():

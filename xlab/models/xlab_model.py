@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from xlab.errors import XLabError
-from xlab.models.blocks import (Activation, Block, KVCache, NormKind, Rotary, attention_mask, init_gpt2_weights, make_norm,
+from xlab.models.blocks import (INIT_STD, Activation, Block, KVCache, NormKind, Rotary, attention_mask, init_gpt2_weights, make_norm,
                                 position_ids, sinusoidal_table)
 from xlab.models.lm import LanguageModel
 
@@ -101,7 +101,12 @@ class XLabModel(LanguageModel):
         if positions == "learned":
             self.transformer["wpe"] = nn.Embedding(max_len, n_embd)
         elif positions == "sinusoidal":
-            self.register_buffer("sinusoids", sinusoidal_table(max_len, n_embd), persistent=False)
+            # Scaled to the token embeddings' size (N(0, INIT_STD) per component). The table as
+            # published has 35x their size here, so the sum was nearly all position and token identity
+            # reached the blocks as noise: training stalled (the original Transformer instead scales
+            # embeddings up by sqrt(n_embd), which GPT-2's initialisation does not).
+            scale = INIT_STD * math.sqrt(2)
+            self.register_buffer("sinusoids", sinusoidal_table(max_len, n_embd) * scale, persistent=False)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         if tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
