@@ -49,12 +49,13 @@ def test_the_checkpointed_tokenizer_comes_back(tmp_path, topic_file):
 def test_unmasked_training_learns_every_token_but_evaluation_stays_masked(tmp_path, topic_file):
     dm = module(tmp_path, [str(topic_file)], mask_turns=False)
     dm.setup("fit")
-    train = next(iter(dm.train_dataloader()))
-    val = next(iter(dm.val_dataloader()))
-    def learned(batch):  # share of the real (unpadded) positions that are learned
-        return ((batch["labels"] != IGNORE_INDEX).sum() / (batch["input_ids"] != dm.pad_id).sum()).item()
+    def learned(loader):  # share of the real (unpadded) positions that are learned, over the whole split
+        batches = list(loader)
+        labelled = sum((b["labels"] != IGNORE_INDEX).sum().item() for b in batches)
+        return labelled / sum((b["input_ids"] != dm.pad_id).sum().item() for b in batches)
 
-    assert learned(train) > 0.95 and learned(val) < 0.8
+    # Whole splits, not a first batch: which windows come first depends on the shuffle.
+    assert learned(dm.train_dataloader()) > 0.9 and learned(dm.val_dataloader()) < 0.8
 
 
 def test_eval_examples_rank_against_replies_of_other_episodes(tmp_path, topic_file):
