@@ -102,7 +102,7 @@ class MemoryStore(nn.Module):
         Serial numbers are interleaved by rank (serial * world + rank), so rows of different
         data-parallel ranks never share a document."""
         B = ends.shape[0]
-        rows = self._rows(B).to(ends.device)
+        rows = self._rows(B)[:B].to(ends.device)
         before = ends.long().cumsum(1) - ends.long()  # eos tokens before each position
         counts = before[:, -1]  # documents opened inside the block (an eos at its end opens one in the next)
         first_new = self.next_serial + counts.cumsum(0) - counts
