@@ -10,6 +10,8 @@ memory on against off.
    query and hands back torch tensors; the target is a ratio within 1.1x.
 2. Training: tokens per second of MemoryGPT2 (forward, backward, AdamW step) with use_memory on
    and off, same shape, same batches.
+3. Sampling: tokens per second of `xlab.inference.sample` (KV cache, greedy) with the memory on
+   (reading the entries training left, and writing what it generates) and off.
 
 Runs are interleaved and the medians compared, single-threaded by default, since two threads on
 a small CPU swing up to 2x between runs.
@@ -83,8 +85,8 @@ def bench_training(args) -> None:
         position[on] += 1
         logits = model(batch[:, :-1])
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
-        if model.memory_loss is not None:
-            loss = loss + model.memory_loss
+        if model.memory is not None:  # as MemoryGPT2's training step: the LM's own loss trains the transformer
+            loss = loss + model.lm_loss(batch[:, 1:]) + model.memory_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -98,6 +100,26 @@ def bench_training(args) -> None:
     print(f"training {args.n_layer} layers x {args.n_embd}, {args.batch_size} x {args.max_len} tokens, "
           f"memory of {len(models[True].memory.entries)} entries: memory on {on:,.0f} tok/s, off {off:,.0f} tok/s, "
           f"on/off {on / off:.3f}")
+    bench_sampling(args, models, batches[0][:, : args.max_len // 2])
+
+
+def bench_sampling(args, models: dict, prompts: torch.Tensor) -> None:
+    from xlab.inference import sample
+
+    for model in models.values():
+        model.eval()
+    models[True].set_generation_writes(True)
+    length = args.max_len // 2
+
+    def run(on: bool) -> None:
+        with torch.no_grad():
+            sample(models[on], list(prompts), output_length=length, temperature=0)
+
+    times = interleaved({"on": lambda: run(True), "off": lambda: run(False)}, max(1, args.repeats // 2))
+    tokens = len(prompts) * length
+    on, off = tokens / times["on"], tokens / times["off"]
+    print(f"sampling {len(prompts)} prompts x {length} new tokens, memory of {len(models[True].memory.entries)} "
+          f"entries: memory on {on:,.0f} tok/s, off {off:,.0f} tok/s, on/off {on / off:.3f}")
 
 
 def main() -> None:

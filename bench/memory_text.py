@@ -214,6 +214,7 @@ def main() -> None:
     parser.add_argument("--sources", default="cpython,wikitext")
     parser.add_argument("--wikitext", default=None, help="a local WikiText copy (save_to_disk folder or data files)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache_dir", default=None, help="keep the tokenized corpora here between runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -222,7 +223,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sources.split(","):
             source = cpython_source() if name == "cpython" else wikitext_source(args.wikitext, Path(tmp) / "wikitext")
-            r = text_run(source, str(Path(tmp) / f"cache-{name}"), args.steps, args.max_len, args.n_layer,
+            r = text_run(source, str(Path(args.cache_dir or tmp) / f"cache-{name}"), args.steps, args.max_len, args.n_layer,
                          args.n_embd, seed=args.seed)
             report(name if name == "cpython" else f"wikitext ({args.wikitext or 'installed distributions'})", r)
 

@@ -18,7 +18,7 @@ from xlab import inference
 from xlab.datamodules.sources.recall import RecallSource
 from xlab.datamodules.streams import StreamDataModule
 from xlab.errors import XLabError
-from xlab.models.memory_access import TAG_SCORE
+from xlab.models.memory_access import TAG_SCORE, MemoryAccess
 from xlab.models.memory_gpt2 import MemoryGPT2
 
 from tests.helpers import load_script
@@ -128,19 +128,29 @@ def test_a_memory_with_nothing_to_say_costs_nothing_and_the_gate_sets_its_share(
     ids = tokens(batch=1, length=8, seed=3)
     model = tiny().eval()
     with torch.no_grad():
-        lm = model.lm_head(model.transformer(ids).last_hidden_state).log_softmax(-1)
+        lm = model.lm_head(model.transformer(ids).last_hidden_state)
         torch.testing.assert_close(model(ids), lm)  # an empty memory: the language model exactly
         shares = []
         for gate in (-2.0, 0.0, -30.0):
             model = tiny(gate_init=gate).eval()
             model(ids)
             mixed = model(ids)  # reads the entries of the first pass
-            assert torch.allclose(mixed.exp().sum(-1), torch.ones(1, 8))  # still a distribution
             shares.append(model.telemetry["reliance"])
     # The share is 0.99 * sigmoid(gate) of the weight on entries: an exact match takes ~all of
     # it, and 7 of the 8 tokens have one (the last token's context was never stored).
     assert shares[0] == pytest.approx(0.99 * torch.sigmoid(torch.tensor(-2.0)).item() * 7 / 8, rel=0.05)
     assert shares[1] == pytest.approx(0.99 * 0.5 * 7 / 8, rel=0.05) and shares[2] < 1e-9
+
+
+def test_the_mixture_is_the_language_model_plus_the_shares_of_the_retrieved_tokens():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 11, generator=generator) * 3
+    tokens = torch.tensor([2, 7, 2, 0, 5]).expand(3, 4, 5)  # token 2 found twice
+    shares = torch.rand(3, 4, 5, generator=generator) * 0.19
+    mixed = MemoryAccess.mix(logits, shares, tokens).softmax(-1)
+    memory = torch.zeros(3, 4, 11).scatter_add(-1, tokens, shares)
+    expected = (1 - shares.sum(-1, keepdim=True)) * logits.softmax(-1) + memory
+    torch.testing.assert_close(mixed, expected)
 
 
 def test_a_token_reads_only_its_own_document_unless_the_scope_is_all():

@@ -174,18 +174,20 @@ class MemoryAccess(nn.Module):
 
     @staticmethod
     def mix(logits: Tensor, shares: Tensor, tokens: Tensor) -> Tensor:
-        """Log-probabilities of (1 - sum(shares)) * softmax(logits) + sum_i shares_i * onehot(tokens_i).
+        """Logits whose softmax is (1 - sum(shares)) * softmax(logits) + sum_i shares_i * onehot(tokens_i).
 
-        Only the k retrieved tokens differ from the scaled language model, so the mixture is
-        done on them alone; with no shares it is the language model's distribution exactly.
+        Only the k retrieved tokens change: each gets share * Z / (1 - sum(shares)) added to its
+        exp(logit), where Z is the logits' normalizer, so the mixture costs one logsumexp and a
+        scatter of k values per token. With no shares the logits come back unchanged.
         """
-        shares = shares.float()
-        out = logits.float().log_softmax(-1) + torch.log1p(-shares.sum(-1, keepdim=True))
+        shares, logits = shares.float(), logits.float()
+        lse = logits.logsumexp(-1, keepdim=True)
         same = tokens[..., :, None] == tokens[..., None, :]  # entries naming the same token pool their shares
         pooled = (same * shares[..., None, :]).sum(-1)
-        before = out.gather(-1, tokens)
-        after = torch.where(pooled > 0, torch.logaddexp(before, pooled.clamp_min(1e-30).log()), before)
-        return out.scatter(-1, tokens, after)
+        added = pooled.clamp_min(1e-30).log() + lse - torch.log1p(-shares.sum(-1, keepdim=True))
+        before = logits.gather(-1, tokens)
+        after = torch.where(pooled > 0, torch.logaddexp(before, added), before)
+        return logits.scatter(-1, tokens, after)
 
     # --- writing ------------------------------------------------------------------------------
     def store_probability(self, keys: Tensor) -> Tensor:

@@ -31,9 +31,11 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import DynamicCache, GPT2Config, GPT2Model
 
+from xlab.datamodules.datasets import IGNORE_INDEX
 from xlab.errors import XLabError
 from xlab.memory import MemoryStore, PendingDeletes
 from xlab.models.blocks import position_ids
@@ -150,6 +152,7 @@ class MemoryGPT2(LanguageModel):
         self._generation_writes = False
         # The store and keep costs of the last forward pass that wrote; training adds them to the loss.
         self.memory_loss: Tensor | None = None
+        self.lm_logits: Tensor | None = None  # the last forward pass's language-model logits
         self.telemetry: dict[str, float] = {}
 
     def _build_transformer(self) -> GPT2Model:
@@ -208,15 +211,20 @@ class MemoryGPT2(LanguageModel):
         out = self.transformer(input_ids=input_ids, position_ids=positions, attention_mask=padding_mask,
                                past_key_values=cache.layers if cache is not None else None,
                                use_cache=cache is not None)
-        hidden = out.last_hidden_state
-        logits = self.lm_head(hidden)
+        logits = self.lm_head(out.last_hidden_state)
         if self.memory is None:
             return logits
+        # The memory sits on top of the language model and never changes how it learns: the
+        # transformer is trained on its own loss (`lm_loss`), exactly as without a memory, and
+        # the read learns from the mixture through detached states and logits.
+        self.lm_logits = logits
+        hidden = out.last_hidden_state.detach()
         real = padding_mask[:, -T:].bool() if padding_mask is not None else None
         ends = input_ids == self.hparams.eos_id
         documents = self.memory.documents(ends)
         readout, votes = self._read(input_ids, hidden, documents, real)
-        scores = self.access.mix(logits, readout.shares, self.access.next_tokens(readout.entries).clamp(0, self.hparams.vocab_size - 1))
+        tokens = self.access.next_tokens(readout.entries).clamp(0, self.hparams.vocab_size - 1)
+        scores = self.access.mix(logits.detach(), readout.shares, tokens)
         if cache is None or self._generation_writes:
             replay = False
             if cache is not None:
@@ -322,15 +330,19 @@ class MemoryGPT2(LanguageModel):
     def batch_logits(self, batch: dict[str, Tensor]) -> Tensor:
         return self(batch["input_ids"], previous_ids=batch.get("previous_ids"))
 
+    def lm_loss(self, labels: Tensor) -> Tensor:
+        """The language model's own loss on the last forward pass (what trains the transformer
+        when there is a memory: the mixture's loss trains only the read)."""
+        return F.cross_entropy(self.lm_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+
     def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         self.memory_loss = None
         loss = super()._common_step(batch, stage)
-        if stage == "train":
-            if self.memory is not None:
-                size = batch["input_ids"].shape[0]
-                self.log_dict({f"memory/{name}": value for name, value in self.telemetry.items()}, batch_size=size)
-            if self.memory_loss is not None:
-                loss = loss + self.memory_loss
+        if stage == "train" and self.memory is not None:
+            size = batch["input_ids"].shape[0]
+            self.log_dict({f"memory/{name}": value for name, value in self.telemetry.items()}, batch_size=size)
+            self.log("train/lm_loss", lm := self.lm_loss(batch["labels"]), batch_size=size)
+            loss = loss + lm + (self.memory_loss if self.memory_loss is not None else 0.0)
         return loss
 
     # --- when the memory starts over --------------------------------------------------------------
