@@ -83,10 +83,10 @@ def bench_training(args) -> None:
         model, optimizer = models[on], optimizers[on]
         batch = batches[position[on] % len(batches)]
         position[on] += 1
-        logits = model(batch[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        inputs = {"input_ids": batch[:, :-1], "labels": batch[:, 1:], "num_bytes": torch.zeros(len(batch))}
+        loss, _ = model.loss_and_stats(inputs)
         if model.memory is not None:  # as MemoryGPT2's training step: the LM's own loss trains the transformer
-            loss = loss + model.lm_loss(batch[:, 1:]) + model.memory_loss
+            loss = loss + model.lm_loss(inputs["labels"]) + model.memory_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does the memory pay on real text? MemoryGPT2 with the memory on and off, on long documents.
 
-    python bench/memory_text.py [--steps 400] [--wikitext PATH] [--sources cpython,wikitext] [--threads 1]
+    python bench/memory_text.py [--steps 200] [--max_len 64] [--wikitext PATH] [--sources cpython,wikitext] [--threads 1]
 
 For each source both runs train the same transformer (same seed, so the same initial weights) on
 the same blocks in the same order for the same steps; only `use_memory` differs, and every memory
@@ -206,10 +206,10 @@ def report(name: str, r: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--max_len", type=int, default=128)
-    parser.add_argument("--n_layer", type=int, default=4)
-    parser.add_argument("--n_embd", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--max_len", type=int, default=64)
+    parser.add_argument("--n_layer", type=int, default=2)
+    parser.add_argument("--n_embd", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sources", default="cpython,wikitext")
     parser.add_argument("--wikitext", default=None, help="a local WikiText copy (save_to_disk folder or data files)")

@@ -151,6 +151,11 @@ def test_the_mixture_is_the_language_model_plus_the_shares_of_the_retrieved_toke
     memory = torch.zeros(3, 4, 11).scatter_add(-1, tokens, shares)
     expected = (1 - shares.sum(-1, keepdim=True)) * logits.softmax(-1) + memory
     torch.testing.assert_close(mixed, expected)
+    # The training loss takes the same mixture at the labels alone.
+    labels = torch.randint(0, 11, (3, 4), generator=generator)
+    labels[0, :2] = 2
+    nll = MemoryAccess.mixture_nll(logits, logits.logsumexp(-1, keepdim=True), shares, tokens, labels)
+    torch.testing.assert_close(nll, -expected.gather(-1, labels[..., None]).squeeze(-1).log())
 
 
 def test_a_token_reads_only_its_own_document_unless_the_scope_is_all():

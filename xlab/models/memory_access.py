@@ -173,7 +173,18 @@ class MemoryAccess(nn.Module):
         return gate * weights, attention, weights
 
     @staticmethod
-    def mix(logits: Tensor, shares: Tensor, tokens: Tensor) -> Tensor:
+    def mixture_nll(logits: Tensor, lse: Tensor, shares: Tensor, tokens: Tensor, labels: Tensor) -> Tensor:
+        """-log of the mixture's probability of `labels` (..., ), from the k retrieved tokens and
+        the language model's probability of the label alone: what `mix` gives, without a pass
+        over the vocabulary (the language model's logits are not trained through it)."""
+        shares = shares.float()
+        label = labels.clamp(min=0)[..., None]
+        p_lm = (logits.detach().float().gather(-1, label) - lse).exp().squeeze(-1)
+        memory = (shares * (tokens == label)).sum(-1)
+        return -((1 - shares.sum(-1)) * p_lm + memory).clamp_min(1e-30).log()
+
+    @staticmethod
+    def mix(logits: Tensor, shares: Tensor, tokens: Tensor, lse: Tensor | None = None) -> Tensor:
         """Logits whose softmax is (1 - sum(shares)) * softmax(logits) + sum_i shares_i * onehot(tokens_i).
 
         Only the k retrieved tokens change: each gets share * Z / (1 - sum(shares)) added to its
@@ -181,7 +192,7 @@ class MemoryAccess(nn.Module):
         scatter of k values per token. With no shares the logits come back unchanged.
         """
         shares, logits = shares.float(), logits.float()
-        lse = logits.logsumexp(-1, keepdim=True)
+        lse = logits.logsumexp(-1, keepdim=True) if lse is None else lse
         same = tokens[..., :, None] == tokens[..., None, :]  # entries naming the same token pool their shares
         pooled = (same * shares[..., None, :]).sum(-1)
         added = pooled.clamp_min(1e-30).log() + lse - torch.log1p(-shares.sum(-1, keepdim=True))

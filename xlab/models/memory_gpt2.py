@@ -152,7 +152,8 @@ class MemoryGPT2(LanguageModel):
         self._generation_writes = False
         # The store and keep costs of the last forward pass that wrote; training adds them to the loss.
         self.memory_loss: Tensor | None = None
-        self.lm_logits: Tensor | None = None  # the last forward pass's language-model logits
+        self.lm_logits: Tensor | None = None  # the last forward pass's language-model logits ...
+        self.mixture: tuple[Tensor, Tensor, Tensor] | None = None  # ... and its read (normalizer, shares, tokens)
         self.telemetry: dict[str, float] = {}
 
     def _build_transformer(self) -> GPT2Model:
@@ -224,7 +225,9 @@ class MemoryGPT2(LanguageModel):
         documents = self.memory.documents(ends)
         readout, votes = self._read(input_ids, hidden, documents, real)
         tokens = self.access.next_tokens(readout.entries).clamp(0, self.hparams.vocab_size - 1)
-        scores = self.access.mix(logits.detach(), readout.shares, tokens)
+        lse = logits.detach().float().logsumexp(-1, keepdim=True)
+        self.mixture = (lse, readout.shares, tokens)
+        scores = self.access.mix(logits.detach(), readout.shares, tokens, lse)
         if cache is None or self._generation_writes:
             replay = False
             if cache is not None:
@@ -334,6 +337,24 @@ class MemoryGPT2(LanguageModel):
         """The language model's own loss on the last forward pass (what trains the transformer
         when there is a memory: the mixture's loss trains only the read)."""
         return F.cross_entropy(self.lm_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+    def loss_and_stats(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """As LanguageModel's, with the mixture's loss taken at the labels alone (the same value as
+        the cross-entropy of the returned scores, without a backward pass over the vocabulary)."""
+        if self.memory is None:
+            return super().loss_and_stats(batch)
+        scores = self.batch_logits(batch)
+        labels = batch["labels"]
+        valid = labels != IGNORE_INDEX
+        nll = self.access.mixture_nll(self.lm_logits, *self.mixture, labels)
+        nll = torch.where(valid, nll, torch.zeros_like(nll)).sum()
+        tokens = valid.sum()
+        hits = (scores.argmax(-1) == labels) & valid
+        stats = {"nll_sum": nll.detach(), "tokens": tokens, "correct": hits.sum(), "num_bytes": batch["num_bytes"].sum()}
+        if "answer_mask" in batch:
+            answers = batch["answer_mask"].bool() & valid
+            stats["answers"], stats["answers_correct"] = answers.sum(), (hits & answers).sum()
+        return nll / tokens.clamp(min=1), stats
 
     def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         self.memory_loss = None
