@@ -82,10 +82,11 @@ def wikitext_source(path: str | None, folder: Path, max_chars: int = 40_000) -> 
 
 
 def build_data(source: dict, cache_dir: str, max_len: int, vocab_size: int, batch_size: int,
-               seed: int) -> StreamDataModule:
+               seed: int, max_documents: int | None = None) -> StreamDataModule:
     L.seed_everything(seed, verbose=False)
     data = StreamDataModule(sources=[source], cache_dir=cache_dir, vocab_size=vocab_size, max_len=max_len,
-                            split_fractions=(0.85, 0.15, 0.0, 0.0), batch_size=batch_size)
+                            split_fractions=(0.85, 0.15, 0.0, 0.0), batch_size=batch_size,
+                            max_documents=max_documents)
     data.prepare_data()
     data.setup()
     return data
@@ -176,9 +177,9 @@ def continuation_perplexity(model: MemoryGPT2, data: StreamDataModule, filled: b
 
 def text_run(source: dict, cache_dir: str, steps: int = 400, max_len: int = 128, n_layer: int = 4, n_embd: int = 128,
              vocab_size: int = 4096, batch_size: int = 8, seed: int = 0, continuation: int = 32,
-             sampling_documents: int = 8, **overrides) -> dict:
+             sampling_documents: int = 8, max_documents: int | None = None, **overrides) -> dict:
     """Train with the memory on and off and measure both; `overrides` change memory settings."""
-    data = build_data(source, cache_dir, max_len, vocab_size, batch_size, seed)
+    data = build_data(source, cache_dir, max_len, vocab_size, batch_size, seed, max_documents)
     contexts = lengths_in_contexts(data)
     result = {"documents": len(contexts), "long_documents": int((contexts > 4).sum())}
     for on in (True, False):

@@ -142,14 +142,16 @@ class MemoryGPT2(LanguageModel):
             if num_search_results > memory_size:
                 raise XLabError(f"num_search_results={num_search_results} exceeds memory_size={memory_size}: "
                                 "retrieve fewer entries or hold more.")
-            self.access = MemoryAccess(vocab_size, n_embd, memory_dim or 2 * n_embd, store_init, delete_init,
-                                       gate_init)
+            with torch.random.fork_rng(devices=[]):  # leaves the global draws (dropout) as without a memory
+                self.access = MemoryAccess(vocab_size, n_embd, memory_dim or 2 * n_embd, store_init, delete_init,
+                                           gate_init)
             self.memory = MemoryStore(
                 memory_size=memory_size, memory_dim=self.access.entry_dim, index_type=index_type,
                 num_search_results=num_search_results, forgetfulness_factor=forgetfulness_factor,
                 min_weight=min_weight, eviction=eviction, num_clusters=num_clusters, nprobe=nprobe,
                 device=memory_device, metric="ip")
         self._generation_writes = False
+        self._draws = torch.Generator().manual_seed(torch.initial_seed() % 2**63)  # store decisions
         # The store and keep costs of the last forward pass that wrote; training adds them to the loss.
         self.memory_loss: Tensor | None = None
         self.lm_logits: Tensor | None = None  # the last forward pass's language-model logits ...
@@ -295,7 +297,11 @@ class MemoryGPT2(LanguageModel):
         else:
             self.memory.carry = last
         p = self.access.store_probability(entries[..., : self.access.memory_dim])  # (B, T)
-        stores = (torch.bernoulli(p.detach()).bool() if self.training else p.detach() > 0.5) & proposes
+        if self.training:  # drawn from the memory's own generator: the transformer's dropout draws stay as without it
+            draws = torch.rand(p.shape, generator=self._draws).to(p.device)
+            stores = (draws < p.detach()) & proposes
+        else:
+            stores = (p.detach() > 0.5) & proposes
         if proposes.any():
             cost = cost + hp.store_cost * p[proposes].mean()
         new_ids = self.memory.add(entries[stores], age=self.training)
@@ -316,6 +322,17 @@ class MemoryGPT2(LanguageModel):
             hit_rate=float((on_memory & reading).sum() / max(1, reading.numel())),
             reliance=float(readout.shares.detach().sum(-1).mean()),
         )
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip the transformer's and the memory's gradient norms apart, so that the memory never
+        changes how the transformer learns (its updates are those of the same model without one)."""
+        if self.access is None or not gradient_clip_val or gradient_clip_algorithm not in (None, "norm"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        mine = {id(p) for p in self.access.parameters()}
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        for part in ([p for p in params if id(p) not in mine], [p for p in params if id(p) in mine]):
+            if part:
+                torch.nn.utils.clip_grad_norm_(part, gradient_clip_val)
 
     def parameter_groups(self, weight_decay: float) -> list[dict]:
         groups = super().parameter_groups(weight_decay)
