@@ -72,7 +72,8 @@ def bench_search(args) -> None:
 def bench_training(args) -> None:
     vocab = 4096
     settings = dict(vocab_size=vocab, max_len=args.max_len, n_layer=args.n_layer, n_head=max(1, args.n_embd // 64),
-                    n_embd=args.n_embd, memory_size=args.entries, memory_device="cpu", index_type="flat")
+                    n_embd=args.n_embd, memory_size=args.entries, memory_device="cpu", index_type=args.index,
+                    num_clusters=args.clusters, nprobe=args.nprobe)
     models = {on: MemoryGPT2(use_memory=on, **settings) for on in (True, False)}
     optimizers = {on: torch.optim.AdamW(m.parameters(), lr=1e-4) for on, m in models.items()}
     generator = torch.Generator().manual_seed(0)
@@ -91,13 +92,14 @@ def bench_training(args) -> None:
         loss.backward()
         optimizer.step()
 
-    # Fill the memory first, so the timed steps search a realistic number of entries.
-    while len(models[True].memory.entries) < args.entries // 2:
+    # Fill the memory first (and train an ivf index), so the timed steps search a realistic memory.
+    memory = models[True].memory.entries
+    while len(memory) < args.entries // 2 or not memory.is_trained:
         step(True)
     times = interleaved({"on": lambda: step(True), "off": lambda: step(False)}, args.repeats)
     tokens = args.batch_size * args.max_len
     on, off = tokens / times["on"], tokens / times["off"]
-    print(f"training {args.n_layer} layers x {args.n_embd}, {args.batch_size} x {args.max_len} tokens, "
+    print(f"training {args.n_layer} layers x {args.n_embd}, {args.batch_size} x {args.max_len} tokens, {args.index} index, "
           f"memory of {len(models[True].memory.entries)} entries: memory on {on:,.0f} tok/s, off {off:,.0f} tok/s, "
           f"on/off {on / off:.3f}")
     bench_sampling(args, models, batches[0][:, : args.max_len // 2])
@@ -130,6 +132,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--clusters", type=int, default=256)
     parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--index", default="ivf", help="the training and sampling memory's index_type (conf/memory.yaml: ivf)")
     parser.add_argument("--n_layer", type=int, default=4)
     parser.add_argument("--n_embd", type=int, default=256)
     parser.add_argument("--max_len", type=int, default=256)

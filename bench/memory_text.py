@@ -60,7 +60,8 @@ def cpython_source() -> dict:
 
 def wikitext_source(path: str | None, folder: Path, max_chars: int = 40_000) -> dict:
     """A WikiText-format source: the copy at `path`, or one written to `folder` from the long
-    descriptions of the installed distributions (each cut at `max_chars`, in name order)."""
+    descriptions of the installed distributions (those of 200 characters or more, each cut at
+    `max_chars`, in name order): short ones fit a context, the longest run to dozens."""
     if path:
         return {"kind": "huggingface", "path": path, "split": "train+validation+test", "group": "wikitext_articles"}
     import importlib.metadata
@@ -71,7 +72,7 @@ def wikitext_source(path: str | None, folder: Path, max_chars: int = 40_000) -> 
     for dist in sorted(importlib.metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower()):
         name = dist.metadata["Name"]
         body = dist.metadata.get_payload() or dist.metadata.get("Description") or ""
-        if not name or name.lower() in seen or len(body) < 4000:
+        if not name or name.lower() in seen or len(body) < 200:
             continue
         seen.add(name.lower())
         rows.append(f" = {name} = \n")
