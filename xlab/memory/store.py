@@ -34,6 +34,8 @@ class MemoryStore(nn.Module):
         self.rows = torch.empty(0, dtype=torch.long)
         self.next_serial = 0
         self.carry: Tensor | None = None
+        # The store decisions' own random draws (saved, so a resumed run draws the same).
+        self.draws = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
         self._saved: tuple | None = None
 
     def search(self, probes: Tensor, k: int) -> MemoryReadout:
@@ -176,7 +178,7 @@ class MemoryStore(nn.Module):
         """The entries plus the delete votes still waiting and the rows' open documents, so a
         resumed run continues exactly."""
         state = {**self.entries.state_dict(), "epoch": torch.tensor(self.epoch), "rows": self.rows.clone(),
-                 "next_serial": torch.tensor(self.next_serial)}
+                 "next_serial": torch.tensor(self.next_serial), "draws": self.draws.get_state()}
         if self.carry is not None:
             state["carry"] = self.carry.cpu()
         if self.pending is not None:
@@ -200,6 +202,8 @@ class MemoryStore(nn.Module):
         self.rows = state.get("rows", torch.empty(0, dtype=torch.long)).long()
         self.next_serial = int(state.get("next_serial", 0))
         self.carry = state.get("carry")
+        if "draws" in state:
+            self.draws.set_state(state["draws"].to(torch.uint8).cpu())
         if "pending_ids" in state:
             self.pending = PendingDeletes(state["pending_ids"], state["pending_states"], state["pending_entries"])
         if "open_rows" in state:

@@ -151,7 +151,6 @@ class MemoryGPT2(LanguageModel):
                 min_weight=min_weight, eviction=eviction, num_clusters=num_clusters, nprobe=nprobe,
                 device=memory_device, metric="ip")
         self._generation_writes = False
-        self._draws = torch.Generator().manual_seed(torch.initial_seed() % 2**63)  # store decisions
         # The store and keep costs of the last forward pass that wrote; training adds them to the loss.
         self.memory_loss: Tensor | None = None
         self.lm_logits: Tensor | None = None  # the last forward pass's language-model logits ...
@@ -298,7 +297,7 @@ class MemoryGPT2(LanguageModel):
             self.memory.carry = last
         p = self.access.store_probability(entries[..., : self.access.memory_dim])  # (B, T)
         if self.training:  # drawn from the memory's own generator: the transformer's dropout draws stay as without it
-            draws = torch.rand(p.shape, generator=self._draws).to(p.device)
+            draws = torch.rand(p.shape, generator=self.memory.draws).to(p.device)
             stores = (draws < p.detach()) & proposes
         else:
             stores = (p.detach() > 0.5) & proposes
