@@ -3,8 +3,8 @@
 The memory is read on the output side, like a kNN-LM or a continuous cache: an entry says "after
 this context came this token", and a token that finds entries for its own context adds their
 tokens to the language model's next-token distribution through a learned gate. A memory with
-nothing useful to say gets no weight, so it cannot make the model worse than the same model
-without it (the input-side read this replaces cost 0.4 nats on plain text; see the README).
+nothing useful to say gets no weight, so it costs nothing next to the same model
+without it (the input-side read this replaces cost up to 0.4 nats on plain text; see the README).
 
 An entry is one stored vector (`entry_dim` numbers):
   * key, `memory_dim` numbers in two halves:
@@ -75,7 +75,7 @@ class MemoryAccess(nn.Module):
                  gate_init: float):
         super().__init__()
         if memory_dim < 2 or memory_dim % 2:
-            raise XLabError(f"memory_dim={memory_dim} must be even and >= 2: an entry is a key half and a value half.")
+            raise XLabError(f"memory_dim={memory_dim} must be even and >= 2: a key is a token half and a state half.")
         self.vocab_size, self.n_embd, self.memory_dim, self.half = vocab_size, n_embd, memory_dim, memory_dim // 2
         self.entry_dim = memory_dim + TAG_DIM + 2
         # Stored entries were made with these. torch's CPU generator gives the same addresses on
