@@ -84,7 +84,7 @@ class MemoryGPT2(LanguageModel):
             distribution (-2: about 10% for an exact match); learned per context from there.
         store_init, delete_init: Initial logits of the store gate and the delete vote.
         store_cost, keep_cost: Loss per unit of store probability and of keep probability.
-        memory_lr_scale: Learning rate of the query, key and value maps relative to the rest.
+        memory_lr_scale: Learning rate of the query and key maps relative to the rest.
             They start as an exact token cache; at the full rate Adam's steps (about one learning
             rate per weight per step, whatever the gradient's size) scramble that faster than
             the gradient can teach them anything better.
