@@ -99,7 +99,8 @@ def bench_training(args) -> None:
     times = interleaved({"on": lambda: step(True), "off": lambda: step(False)}, args.repeats)
     tokens = args.batch_size * args.max_len
     on, off = tokens / times["on"], tokens / times["off"]
-    print(f"training {args.n_layer} layers x {args.n_embd}, {args.batch_size} x {args.max_len} tokens, {args.index} index, "
+    print(f"training {args.n_layer} layers x {args.n_embd}, {args.batch_size} x {args.max_len} tokens, "
+          f"{args.index} index, "
           f"memory of {len(models[True].memory.entries)} entries: memory on {on:,.0f} tok/s, off {off:,.0f} tok/s, "
           f"on/off {on / off:.3f}")
     bench_sampling(args, models, batches[0][:, : args.max_len // 2])
@@ -132,7 +133,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--clusters", type=int, default=256)
     parser.add_argument("--nprobe", type=int, default=16)
-    parser.add_argument("--index", default="ivf", help="the training and sampling memory's index_type (conf/memory.yaml: ivf)")
+    parser.add_argument("--index", default="ivf", help="the model memory's index_type (conf/memory.yaml: ivf)")
     parser.add_argument("--n_layer", type=int, default=4)
     parser.add_argument("--n_embd", type=int, default=256)
     parser.add_argument("--max_len", type=int, default=256)

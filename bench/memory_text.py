@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does the memory pay on real text? MemoryGPT2 with the memory on and off, on long documents.
 
-    python bench/memory_text.py [--steps 200] [--max_len 64] [--wikitext PATH] [--sources cpython,wikitext] [--threads 1]
+    python bench/memory_text.py [--steps 200] [--max_len 64] [--wikitext PATH] [--sources cpython,wikitext]
 
 For each source both runs train the same transformer (same seed, so the same initial weights) on
 the same blocks in the same order for the same steps; only `use_memory` differs, and every memory
@@ -225,8 +225,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sources.split(","):
             source = cpython_source() if name == "cpython" else wikitext_source(args.wikitext, Path(tmp) / "wikitext")
-            r = text_run(source, str(Path(args.cache_dir or tmp) / f"cache-{name}"), args.steps, args.max_len, args.n_layer,
-                         args.n_embd, seed=args.seed)
+            cache = str(Path(args.cache_dir or tmp) / f"cache-{name}")
+            r = text_run(source, cache, args.steps, args.max_len, args.n_layer, args.n_embd, seed=args.seed)
             report(name if name == "cpython" else f"wikitext ({args.wikitext or 'installed distributions'})", r)
 
 

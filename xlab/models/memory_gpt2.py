@@ -33,7 +33,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import DynamicCache, GPT2Config, GPT2Model
+from transformers import GPT2Config, GPT2Model
 
 from xlab.datamodules.datasets import IGNORE_INDEX
 from xlab.errors import XLabError
@@ -41,6 +41,7 @@ from xlab.memory import MemoryStore, PendingDeletes
 from xlab.models.blocks import position_ids
 from xlab.models.lm import LanguageModel
 from xlab.models.memory_access import MemoryAccess
+from xlab.models.memory_cache import MemoryCache
 
 # A token votes on an entry only if it gave the entry at least this weight when reading.
 VOTE_THRESHOLD = 0.1
@@ -366,7 +367,8 @@ class MemoryGPT2(LanguageModel):
         nll = torch.where(valid, nll, torch.zeros_like(nll)).sum()
         tokens = valid.sum()
         hits = (scores.argmax(-1) == labels) & valid
-        stats = {"nll_sum": nll.detach(), "tokens": tokens, "correct": hits.sum(), "num_bytes": batch["num_bytes"].sum()}
+        stats = {"nll_sum": nll.detach(), "tokens": tokens, "correct": hits.sum(),
+                 "num_bytes": batch["num_bytes"].sum()}
         if "answer_mask" in batch:
             answers = batch["answer_mask"].bool() & valid
             stats["answers"], stats["answers_correct"] = answers.sum(), (hits & answers).sum()
@@ -432,35 +434,3 @@ class MemoryGPT2(LanguageModel):
         if enabled and self.memory is None:
             raise XLabError("trained with use_memory: false")
         self._generation_writes = bool(enabled)
-
-
-class MemoryCache:
-    """KV cache for sampling: transformers' DynamicCache plus what memory writes need.
-
-    `carry` is each row's last entry, waiting for the token that follows it. After `reset()` of
-    a non-empty cache the sampler re-runs a slid window whose tokens were all written before
-    except the last one, so that pass completes only the waiting entry.
-    """
-
-    def __init__(self, config, batch_size: int, max_len: int, device: torch.device):
-        self.config, self.batch_size, self.max_len = config, batch_size, max_len
-        self.layers = DynamicCache(config=config)
-        self.carry: Tensor | None = None
-        self.replaying = False
-
-    @property
-    def length(self) -> int:
-        return self.layers.get_seq_length()
-
-    def take_carry(self, rows: int) -> Tensor | None:
-        carry, self.carry = self.carry, None
-        return carry if carry is not None and len(carry) == rows else None
-
-    def reset(self) -> None:
-        self.replaying = self.length > 0
-        self.layers = DynamicCache(config=self.config)
-
-    def reorder(self, index: Tensor) -> None:
-        self.layers.reorder_cache(index)
-        if self.carry is not None:
-            self.carry = self.carry.index_select(0, index.to(self.carry.device))
