@@ -10,6 +10,8 @@ memory on against off.
    query and hands back torch tensors; the target is a ratio within 1.1x.
 2. Training: tokens per second of MemoryGPT2 (forward, backward, AdamW step) with use_memory on
    and off, same shape, same batches.
+3. Sampling: tokens per second of `xlab.inference.sample` (KV cache, greedy) with the memory on
+   (reading the entries training left, and writing what it generates) and off.
 
 Runs are interleaved and the medians compared, single-threaded by default, since two threads on
 a small CPU swing up to 2x between runs.
@@ -70,7 +72,8 @@ def bench_search(args) -> None:
 def bench_training(args) -> None:
     vocab = 4096
     settings = dict(vocab_size=vocab, max_len=args.max_len, n_layer=args.n_layer, n_head=max(1, args.n_embd // 64),
-                    n_embd=args.n_embd, memory_size=args.entries, memory_device="cpu", index_type="flat")
+                    n_embd=args.n_embd, memory_size=args.entries, memory_device="cpu", index_type=args.index,
+                    num_clusters=args.clusters, nprobe=args.nprobe)
     models = {on: MemoryGPT2(use_memory=on, **settings) for on in (True, False)}
     optimizers = {on: torch.optim.AdamW(m.parameters(), lr=1e-4) for on, m in models.items()}
     generator = torch.Generator().manual_seed(0)
@@ -81,23 +84,45 @@ def bench_training(args) -> None:
         model, optimizer = models[on], optimizers[on]
         batch = batches[position[on] % len(batches)]
         position[on] += 1
-        logits = model(batch[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
-        if model.memory_loss is not None:
-            loss = loss + model.memory_loss
+        inputs = {"input_ids": batch[:, :-1], "labels": batch[:, 1:], "num_bytes": torch.zeros(len(batch))}
+        loss, _ = model.loss_and_stats(inputs)
+        if model.memory is not None:  # as MemoryGPT2's training step: the LM's own loss trains the transformer
+            loss = loss + model.lm_loss(inputs["labels"]) + model.memory_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    # Fill the memory first, so the timed steps search a realistic number of entries.
-    while len(models[True].memory.entries) < args.entries // 2:
+    # Fill the memory first (and train an ivf index), so the timed steps search a realistic memory.
+    memory = models[True].memory.entries
+    while len(memory) < args.entries // 2 or not memory.is_trained:
         step(True)
     times = interleaved({"on": lambda: step(True), "off": lambda: step(False)}, args.repeats)
     tokens = args.batch_size * args.max_len
     on, off = tokens / times["on"], tokens / times["off"]
     print(f"training {args.n_layer} layers x {args.n_embd}, {args.batch_size} x {args.max_len} tokens, "
+          f"{args.index} index, "
           f"memory of {len(models[True].memory.entries)} entries: memory on {on:,.0f} tok/s, off {off:,.0f} tok/s, "
           f"on/off {on / off:.3f}")
+    bench_sampling(args, models, batches[0][:, : args.max_len // 2])
+
+
+def bench_sampling(args, models: dict, prompts: torch.Tensor) -> None:
+    from xlab.inference import sample
+
+    for model in models.values():
+        model.eval()
+    models[True].set_generation_writes(True)
+    length = args.max_len // 2
+
+    def run(on: bool) -> None:
+        with torch.no_grad():
+            sample(models[on], list(prompts), output_length=length, temperature=0)
+
+    times = interleaved({"on": lambda: run(True), "off": lambda: run(False)}, max(1, args.repeats // 2))
+    tokens = len(prompts) * length
+    on, off = tokens / times["on"], tokens / times["off"]
+    print(f"sampling {len(prompts)} prompts x {length} new tokens, memory of {len(models[True].memory.entries)} "
+          f"entries: memory on {on:,.0f} tok/s, off {off:,.0f} tok/s, on/off {on / off:.3f}")
 
 
 def main() -> None:
@@ -108,6 +133,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--clusters", type=int, default=256)
     parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--index", default="ivf", help="the model memory's index_type (conf/memory.yaml: ivf)")
     parser.add_argument("--n_layer", type=int, default=4)
     parser.add_argument("--n_embd", type=int, default=256)
     parser.add_argument("--max_len", type=int, default=256)

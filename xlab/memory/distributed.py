@@ -28,3 +28,10 @@ def gather_rows(rows: Tensor) -> tuple[Tensor, int]:
     gathered = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
     return torch.cat([g[:c] for g, c in zip(gathered, counts)]), sum(counts[:rank])
+
+
+def world_and_rank() -> tuple[int, int]:
+    """(world size, rank): (1, 0) without an initialized process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1, 0
+    return dist.get_world_size(), dist.get_rank()

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from xlab.errors import XLabError
 from xlab.memory.associative import AssociativeMemory, MemoryReadout
-from xlab.memory.distributed import gather_rows
+from xlab.memory.distributed import gather_rows, world_and_rank as _world
 from xlab.memory.votes import PendingDeletes
 
 
@@ -29,6 +29,13 @@ class MemoryStore(nn.Module):
         self.pending: PendingDeletes | None = None  # the last pass's votes, acted on by the next
         self.open_documents: dict[int, list[Tensor]] = {}  # row -> ids written since its last eos
         self.epoch = 0  # the training epoch whose writes these are
+        # Reading rows: the serial number of each row's current document, and each row's last
+        # entry, still waiting for the token that follows it (the next pass's first token).
+        self.rows = torch.empty(0, dtype=torch.long)
+        self.next_serial = 0
+        self.carry: Tensor | None = None
+        # The store decisions' own random draws (saved, so a resumed run draws the same).
+        self.draws = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
         self._saved: tuple | None = None
 
     def search(self, probes: Tensor, k: int) -> MemoryReadout:
@@ -89,11 +96,55 @@ class MemoryStore(nn.Module):
             self.open_documents.setdefault(row, []).append(mine)
         return torch.cat(finished)
 
+    # --- reading rows ---------------------------------------------------------------------------
+    def documents(self, ends: Tensor) -> Tensor:
+        """The serial number of the document each token belongs to (B, T), given where the rows'
+        documents end (`ends` (B, T): True at an eos, which still belongs to the ending document).
+        A row seen for the first time starts a new document. Nothing changes until `advance`.
+        Serial numbers are interleaved by rank (serial * world + rank), so rows of different
+        data-parallel ranks never share a document."""
+        B = ends.shape[0]
+        rows = self._rows(B)[:B].to(ends.device)
+        before = ends.long().cumsum(1) - ends.long()  # eos tokens before each position
+        counts = before[:, -1]  # documents opened inside the block (an eos at its end opens one in the next)
+        first_new = self.next_serial + counts.cumsum(0) - counts
+        world, rank = _world()
+        fresh = (first_new[:, None] + before - 1) * world + rank
+        return torch.where(before > 0, fresh, rows[:, None])
+
+    def advance(self, documents: Tensor, ends: Tensor) -> None:
+        """Commit the documents of a pass that writes: each row continues its last one."""
+        B = documents.shape[0]
+        rows = self._rows(B)
+        rows[:B] = documents[:, -1].cpu()
+        ended_last = ends[:, -1].cpu()
+        world, rank = _world()
+        self.next_serial += int(ends[:, :-1].sum())
+        if ended_last.any():  # the row's next token opens a new document
+            n = int(ended_last.sum())
+            rows[:B][ended_last] = (self.next_serial + torch.arange(n)) * world + rank
+            self.next_serial += n
+        self.rows = rows
+
+    def _rows(self, count: int) -> Tensor:
+        if len(self.rows) < count:
+            world, rank = _world()
+            extra = count - len(self.rows)
+            self.rows = torch.cat([self.rows, (self.next_serial + torch.arange(extra)) * world + rank])
+            self.next_serial += extra
+        return self.rows.clone()
+
+    def take_carry(self, rows: int) -> Tensor | None:
+        """Each row's entry waiting for its next token (None if there is none for these rows)."""
+        carry, self.carry = self.carry, None
+        return carry if carry is not None and len(carry) == rows else None
+
     # --- starting over --------------------------------------------------------------------------
     def reset(self) -> None:
         """Empty the entries and forget the waiting votes and open documents."""
         self.entries.reset()
         self.pending, self.open_documents = None, {}
+        self.rows, self.next_serial, self.carry = torch.empty(0, dtype=torch.long), 0, None
 
     def begin_epoch(self, epoch: int, empty_if_new: bool) -> None:
         """Training epoch `epoch` starts; with `empty_if_new` the entries of an earlier epoch go.
@@ -104,12 +155,13 @@ class MemoryStore(nn.Module):
 
     def set_aside(self) -> None:
         """Start from an empty memory; `put_back` restores exactly what was there."""
-        self._saved = (self.entries.state_dict(), self.pending, self.open_documents)
+        self._saved = (self.entries.state_dict(), self.pending, self.open_documents, self.rows, self.next_serial,
+                       self.carry)
         self.reset()
 
     def put_back(self) -> None:
         if self._saved is not None:
-            state, self.pending, self.open_documents = self._saved
+            state, self.pending, self.open_documents, self.rows, self.next_serial, self.carry = self._saved
             self.entries.load_state_dict(state)
             self._saved = None
 
@@ -125,7 +177,10 @@ class MemoryStore(nn.Module):
     def get_extra_state(self) -> dict[str, Tensor]:
         """The entries plus the delete votes still waiting and the rows' open documents, so a
         resumed run continues exactly."""
-        state = {**self.entries.state_dict(), "epoch": torch.tensor(self.epoch)}
+        state = {**self.entries.state_dict(), "epoch": torch.tensor(self.epoch), "rows": self.rows.clone(),
+                 "next_serial": torch.tensor(self.next_serial), "draws": self.draws.get_state()}
+        if self.carry is not None:
+            state["carry"] = self.carry.cpu()
         if self.pending is not None:
             state.update(pending_ids=self.pending.ids.cpu(), pending_states=self.pending.states.cpu(),
                          pending_entries=self.pending.entries.cpu())
@@ -144,6 +199,11 @@ class MemoryStore(nn.Module):
             raise XLabError(f"the checkpoint's memory does not fit this model: {error}") from None
         self.epoch = int(state.get("epoch", 0))
         self.pending, self.open_documents = None, {}
+        self.rows = state.get("rows", torch.empty(0, dtype=torch.long)).long()
+        self.next_serial = int(state.get("next_serial", 0))
+        self.carry = state.get("carry")
+        if "draws" in state:
+            self.draws.set_state(state["draws"].to(torch.uint8).cpu())
         if "pending_ids" in state:
             self.pending = PendingDeletes(state["pending_ids"], state["pending_states"], state["pending_entries"])
         if "open_rows" in state:

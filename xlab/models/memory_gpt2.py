@@ -1,27 +1,29 @@
-"""MemoryGPT2: GPT-2 reading from and writing to a FAISS associative memory (VardaGPT, done properly).
+"""MemoryGPT2: GPT-2 with a FAISS associative memory of what came after which context.
 
-For every token the memory is searched with a learned query of the token; the top-k entries are
-scored again in torch (so the read is differentiable with respect to the query and every map),
-attended over together with a "read nothing" slot, and the result is added to the token's
-embedding before the GPT-2 blocks from `transformers` run. After the forward pass the final
-hidden states decide what is written:
+The memory is read at the output, as a kNN-LM or a continuous cache: every token searches the
+memory with a learned query of its final state, rescores the top-k entries in torch (so the read
+is differentiable with respect to the query and every map), attends over them together with a
+"read nothing" slot, and moves a learned, context-dependent share of the next-token distribution
+onto the tokens those entries recorded. A memory with nothing to offer gets no share, so it costs
+nothing. By default (`memory_scope: document`) a token reads only entries of its own document,
+written by earlier passes: never anything ahead of it, never another document.
 
-* store: every token proposes an entry; a store gate on the entry decides, sampled during
-  training so that rarely stored kinds of entries still get tried, thresholded at 0.5
-  otherwise. The same gate weights retrieved entries when they are read, so entries that
-  reading finds useful raise the gate for their kind, and `store_cost` charges for every proposal.
+After the forward pass the final states decide what is written:
+
+* store: every token proposes an entry (its context's key, and later the token that follows);
+  a store gate on the key decides, sampled during training so that rarely stored kinds of
+  entries still get tried, thresholded at 0.5 otherwise. The same gate weights retrieved
+  entries when they are read, so entries that reading finds useful raise the gate for their
+  kind, and `store_cost` charges for every proposal.
 * delete: the tokens that read an entry vote on it from their final hidden states. The vote
   is acted on one forward pass later; until then it weights reads of that entry, so keeping an
   entry that the next pass reads usefully lowers the loss, and `keep_cost` rewards deleting
   entries nothing reads. Votes above 0.5 remove their entries.
 
-An entry holds a fixed address of the token before and the token's embedding and final hidden
-state; `memory_access` says why, and holds every learned map between the transformer and the memory.
-
-The file reads in that order: what a read returns, the model, and the KV cache it hands the
-sampler (`MemoryCache`). The memory itself, its waiting votes and open documents belong to
-`xlab.memory.MemoryStore`, which keeps every DDP rank's copy identical and travels in
-checkpoints as extra state (tensors only) and in exports as safetensors (`manage.py export-checkpoint`).
+`memory_access` gives the entry layout and why, and holds every learned map between the
+transformer and the memory. The memory itself, its waiting votes, open documents and reading
+rows belong to `xlab.memory.MemoryStore`, which keeps every DDP rank's copy identical and
+travels in checkpoints as extra state (tensors only) and in exports as safetensors.
 """
 
 from __future__ import annotations
@@ -29,14 +31,17 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import DynamicCache, GPT2Config, GPT2Model
+from transformers import GPT2Config, GPT2Model
 
+from xlab.datamodules.datasets import IGNORE_INDEX
 from xlab.errors import XLabError
 from xlab.memory import MemoryStore, PendingDeletes
 from xlab.models.blocks import position_ids
 from xlab.models.lm import LanguageModel
 from xlab.models.memory_access import MemoryAccess
+from xlab.models.memory_cache import MemoryCache
 
 # A token votes on an entry only if it gave the entry at least this weight when reading.
 VOTE_THRESHOLD = 0.1
@@ -48,10 +53,11 @@ class Readout(NamedTuple):
     entries: Tensor  # (B, T, k, D) their vectors
     attention: Tensor  # (B, T, 1 + k), column 0 = read nothing
     weights: Tensor  # (B, T, k) attention x store gate x keep probability
+    shares: Tensor  # (B, T, k) the share of the next-token distribution each entry's token gets
 
 
 class MemoryGPT2(LanguageModel):
-    """GPT-2 with an associative memory at its input.
+    """GPT-2 with an associative memory read at its output.
 
     Args:
         vocab_size, sos_id, eos_id, pad_id: Linked from the data module.
@@ -62,9 +68,9 @@ class MemoryGPT2(LanguageModel):
             `load_from_checkpoint(ckpt, pretrained_path=None)` rebuilds without the directory.
         use_memory: False gives the same transformer with no memory (the baseline).
         memory_size: Entries held; when full the `eviction` rule makes room.
-        memory_dim: Entry size, even; None means 2 * n_embd. Half is the key (a fixed random
-            address of the token before), half the value (the token's embedding and final
-            hidden state, through a fixed orthonormal projection when n_embd differs).
+        memory_dim: Key size, even; None means 2 * n_embd. Half is a fixed random address of
+            the token that ends the context, half the final hidden state there, through a fixed
+            orthonormal projection. A stored entry adds a document tag and the next token.
         index_type, num_clusters, nprobe: flat, ivf, hnsw or a faiss factory string. An ivf
             index searches exactly until min(memory_size, 39 * num_clusters) entries are stored,
             then trains on them; num_clusters must be <= memory_size.
@@ -72,23 +78,22 @@ class MemoryGPT2(LanguageModel):
         forgetfulness_factor, min_weight, eviction: Each training step multiplies entry weights
             by 1 - forgetfulness_factor and drops those under min_weight.
         memory_device: Where faiss searches: auto (a GPU when faiss sees one), cpu or cuda.
-        read_gain: Initial size of a read relative to the token embeddings' scale. The store gate
-            settles one of two ways: with reads of 3 or more embedding scales it learns which entries
-            pay and the memory is used (the recall task is learned); with 2 or less the reads are
-            too weak to be picked up, the store cost closes the gate, and the model runs as if it had
-            no memory. On text where the memory has little to offer a large gain costs loss early on
-            (see the README).
+        memory_scope: document (a token reads only entries of its own document, written before
+            it: what an honest evaluation needs) or all (any entry, e.g. the training memory
+            read when sampling).
+        gate_init: Initial logit of the gate that gives the memory its share of the next-token
+            distribution (-2: about 10% for an exact match); learned per context from there.
         store_init, delete_init: Initial logits of the store gate and the delete vote.
         store_cost, keep_cost: Loss per unit of store probability and of keep probability.
-        memory_lr_scale: Learning rate of the query, key and value maps relative to the rest.
+        memory_lr_scale: Learning rate of the query and key maps relative to the rest.
             They start as an exact token cache; at the full rate Adam's steps (about one learning
             rate per weight per step, whatever the gradient's size) scramble that faster than
             the gradient can teach them anything better.
         reset_each_epoch: Empty the memory when a new training epoch starts.
         eval_memory: fresh (validation, test and predict start empty; the training memory is
             put back afterwards) or continue (they read and write the training memory).
-        forget_documents: Remove a document's entries when its eos goes by (rows of a batch
-            still read each other's open documents).
+        forget_documents: Remove a document's entries when its eos goes by (with memory_scope
+            document nothing could read them again).
         learning_rate, weight_decay, betas, warmup_steps, min_lr_ratio, lr_decay_steps: AdamW
             with warmup and cosine decay (see LanguageModel).
         compile: torch.compile the transformer (the memory calls stay eager).
@@ -112,7 +117,8 @@ class MemoryGPT2(LanguageModel):
         min_weight: float = 0.01,
         eviction: Literal["lowest_weight", "oldest"] = "lowest_weight",
         memory_device: Literal["auto", "cpu", "cuda"] = "auto",
-        read_gain: float = 5.0,
+        memory_scope: Literal["document", "all"] = "document",
+        gate_init: float = -2.0,
         store_init: float = 2.0,
         delete_init: float = -2.0,
         store_cost: float = 0.01,
@@ -120,7 +126,7 @@ class MemoryGPT2(LanguageModel):
         memory_lr_scale: float = 0.1,
         reset_each_epoch: bool = True,
         eval_memory: Literal["fresh", "continue"] = "fresh",
-        forget_documents: bool = False,
+        forget_documents: bool = True,
         learning_rate: float = 6e-4,
         **kwargs,
     ):
@@ -137,17 +143,19 @@ class MemoryGPT2(LanguageModel):
             if num_search_results > memory_size:
                 raise XLabError(f"num_search_results={num_search_results} exceeds memory_size={memory_size}: "
                                 "retrieve fewer entries or hold more.")
-            embedding_scale = float(self.transformer.wte.weight.detach().std())
-            self.access = MemoryAccess(vocab_size, n_embd, memory_dim or 2 * n_embd, embedding_scale, store_init,
-                                       delete_init, read_gain)
+            with torch.random.fork_rng(devices=[]):  # leaves the global draws (dropout) as without a memory
+                self.access = MemoryAccess(vocab_size, n_embd, memory_dim or 2 * n_embd, store_init, delete_init,
+                                           gate_init)
             self.memory = MemoryStore(
-                memory_size=memory_size, memory_dim=self.access.memory_dim, index_type=index_type,
+                memory_size=memory_size, memory_dim=self.access.entry_dim, index_type=index_type,
                 num_search_results=num_search_results, forgetfulness_factor=forgetfulness_factor,
                 min_weight=min_weight, eviction=eviction, num_clusters=num_clusters, nprobe=nprobe,
                 device=memory_device, metric="ip")
         self._generation_writes = False
         # The store and keep costs of the last forward pass that wrote; training adds them to the loss.
         self.memory_loss: Tensor | None = None
+        self.lm_logits: Tensor | None = None  # the last forward pass's language-model logits ...
+        self.mixture: tuple[Tensor, Tensor, Tensor] | None = None  # ... and its read (normalizer, shares, tokens)
         self.telemetry: dict[str, float] = {}
 
     def _build_transformer(self) -> GPT2Model:
@@ -200,83 +208,115 @@ class MemoryGPT2(LanguageModel):
 
     def forward(self, input_ids: Tensor, cache: MemoryCache | None = None, positions: Tensor | None = None,
                 padding_mask: Tensor | None = None, previous_ids: Tensor | None = None) -> Tensor:
-        """Logits (B, T, vocab) for `input_ids` (B, T), reading the memory and then writing to it.
+        """Next-token scores (B, T, vocab) for `input_ids` (B, T), reading the memory and then
+        writing to it. With a memory they are log-probabilities of the mixture of the language
+        model and the memory; without one, GPT-2's logits.
 
         `cache`, `positions` and `padding_mask` (B, past + T; True at real tokens) follow the
-        XLabModel protocol. `previous_ids` (B,) is the token before each row (-1 if none): the
-        key of the first position's entry; with a cache, the cache remembers it.
+        XLabModel protocol. `previous_ids` is accepted for the data's batches and not needed:
+        each row's last entry waits in the memory (or the cache) for the token that follows it.
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         positions = position_ids(input_ids, past, self.hparams.max_len, positions)
-        embeddings = self.transformer.wte(input_ids)  # (B, T, C)
-        real = padding_mask[:, -T:].bool() if padding_mask is not None else None
-        x, readout, votes = embeddings, None, None
-        if self.memory is not None:
-            update, readout, votes = self._read(input_ids, embeddings, real)
-            x = embeddings + update
-        out = self.transformer(inputs_embeds=x, position_ids=positions, attention_mask=padding_mask,
+        out = self.transformer(input_ids=input_ids, position_ids=positions, attention_mask=padding_mask,
                                past_key_values=cache.layers if cache is not None else None,
                                use_cache=cache is not None)
-        hidden = out.last_hidden_state
-        if self.memory is not None and (cache is None or self._generation_writes):
+        logits = self.lm_head(out.last_hidden_state)
+        if self.memory is None:
+            return logits
+        # The memory sits on top of the language model and never changes how it learns: the
+        # transformer is trained on its own loss (`lm_loss`), exactly as without a memory, and
+        # the read learns from the mixture through detached states and logits.
+        self.lm_logits = logits
+        hidden = out.last_hidden_state.detach()
+        real = padding_mask[:, -T:].bool() if padding_mask is not None else None
+        ends = input_ids == self.hparams.eos_id
+        documents = self.memory.documents(ends)
+        readout, votes = self._read(input_ids, hidden, documents, real)
+        tokens = self.access.next_tokens(readout.entries).clamp(0, self.hparams.vocab_size - 1)
+        lse = logits.detach().float().logsumexp(-1, keepdim=True)
+        self.mixture = (lse, readout.shares, tokens)
+        scores = self.access.mix(logits.detach(), readout.shares, tokens, lse)
+        if cache is None or self._generation_writes:
             replay = False
             if cache is not None:
-                previous_ids, replay = cache.previous, cache.replaying
-                cache.replaying = False
-            self._write(input_ids, embeddings, hidden, previous_ids, real, readout, votes, replay)
-        if cache is not None:
-            cache.previous = input_ids[:, -1]
-        return self.lm_head(hidden)
+                replay, cache.replaying = cache.replaying, False
+            self._write(input_ids, hidden, documents, ends, real, readout, votes, replay, cache)
+        return scores
 
     # --- reading and writing --------------------------------------------------------------------
-    def _read(self, input_ids: Tensor, embeddings: Tensor, real: Tensor | None) -> tuple[Tensor, Readout, Tensor]:
-        B, T, _ = embeddings.shape
+    def _read(self, input_ids: Tensor, hidden: Tensor, documents: Tensor, real: Tensor | None
+              ) -> tuple[Readout, Tensor]:
+        B, T, _ = hidden.shape
         k = self.hparams.num_search_results
-        q, probes = self.access.queries(input_ids)
+        own = self.hparams.memory_scope == "document"
+        q, probes = self.access.queries(input_ids, hidden, documents if own else None)
         found = self.memory.search(probes.reshape(B * T, -1).detach(), k)
-        entries = found.vectors.to(embeddings).view(B, T, k, -1)
-        ids, valid = found.ids.view(B, T, k), found.mask.view(B, T, k)
+        entries = found.vectors.to(hidden.device).view(B, T, k, -1)
+        ids, valid = found.ids.view(B, T, k).to(hidden.device), found.mask.view(B, T, k).to(hidden.device)
+        if own:  # the tag ranks a document's own entries first; the serial number decides
+            valid = valid & (self.access.serials(entries) == documents[..., None])
         if real is not None:
             valid = valid & real[..., None]
+        keys = entries[..., : self.access.memory_dim].to(hidden.dtype)
         # With no votes yet the delete head still runs, on nothing: DDP wants every parameter used.
-        pending = self.memory.waiting_votes(embeddings, entries)
-        votes = self.access.delete_probability(pending.states.to(embeddings), pending.entries.to(embeddings))  # (P,)
-        keep = torch.ones_like(ids, dtype=embeddings.dtype)
+        pending = self.memory.waiting_votes(hidden, keys)
+        votes = self.access.delete_probability(pending.states.to(hidden), pending.entries.to(hidden))  # (P,)
+        keep = torch.ones_like(ids, dtype=hidden.dtype)
         if len(votes):
             index, voted = pending.lookup(ids)
             keep = torch.where(voted & valid, 1 - votes[index], keep)
-        update, attention, weights = self.access.read(q, entries, valid, keep)
-        return update, Readout(ids, valid, entries, attention, weights), votes
+        shares, attention, weights = self.access.read(q, hidden, keys, valid, keep)
+        return Readout(ids, valid, entries, attention, weights, shares), votes
 
-    def _write(self, input_ids: Tensor, embeddings: Tensor, hidden: Tensor, previous_ids: Tensor | None,
-               real: Tensor | None, readout: Readout, votes: Tensor, replay: bool) -> None:
+    def _write(self, input_ids: Tensor, hidden: Tensor, documents: Tensor, ends: Tensor, real: Tensor | None,
+               readout: Readout, votes: Tensor, replay: bool, cache: MemoryCache | None) -> None:
         hp = self.hparams
         B, T = input_ids.shape
         # The previous pass's delete votes: act on them now, and pay for what they keep.
         deleted = votes.detach() > 0.5
-        cast = PendingDeletes.from_reads(readout.ids, readout.weights, readout.valid, readout.entries,
-                                         hidden.detach(), VOTE_THRESHOLD)
+        cast = PendingDeletes.from_reads(readout.ids, readout.weights, readout.valid,
+                                         readout.entries[..., : self.access.memory_dim], hidden.detach(),
+                                         VOTE_THRESHOLD)
         removals = [self.memory.settle_votes(deleted, cast)]
         cost = hp.keep_cost * (1 - votes).sum() / max(1, len(votes))
         self.telemetry["delete_rate"] = float(deleted.float().mean()) if len(votes) else 0.0
 
-        before = previous_ids if previous_ids is not None else input_ids.new_full((B,), -1)
-        predecessors = torch.cat([before.reshape(B, 1).to(input_ids), input_ids[:, :-1]], dim=1)  # (B, T)
-        proposes = predecessors >= 0
-        if real is not None:  # a pad neither proposes an entry nor serves as a key
+        # The entry at position t: the context ending at t - 1 and the token t that followed;
+        # position 0 completes the row's last entry of the previous pass.
+        keys = self.access.keys(input_ids, hidden.detach(), documents)  # (B, T, D), next token unknown
+        carried = cache.take_carry(B) if cache is not None else self.memory.take_carry(B)
+        waiting = carried if carried is not None else keys.new_zeros(B, keys.shape[-1])
+        entries = torch.cat([waiting[:, None].to(keys), keys[:, :-1]], dim=1)
+        entries[..., -2] = input_ids.float()
+        proposes = torch.ones_like(input_ids, dtype=torch.bool)
+        proposes[:, 0] = carried is not None
+        if real is not None:  # a pad neither proposes an entry nor ends a context
             proposes &= real & torch.cat([real.new_ones(B, 1), real[:, :-1]], dim=1)
-        if replay:  # a re-run of tokens already written, except the newest one
+        if replay:  # a re-run of tokens already written: only the newest one completes an entry
             proposes[:, :-1] = False
-        entries = self.access.entries(predecessors.clamp(min=0), embeddings.detach(), hidden.detach())
-        p = self.access.store_probability(entries)  # (B, T)
-        stores = (torch.bernoulli(p.detach()).bool() if self.training else p.detach() > 0.5) & proposes
+            entries[:, -1] = waiting.to(keys)
+            entries[:, -1, -2] = input_ids[:, -1].float()
+            proposes[:, -1] = carried is not None
+        last = keys[:, -1]
+        if cache is not None:
+            cache.carry = last
+        else:
+            self.memory.carry = last
+        p = self.access.store_probability(entries[..., : self.access.memory_dim])  # (B, T)
+        if self.training:  # drawn from the memory's own generator: the transformer's dropout draws stay as without it
+            draws = torch.rand(p.shape, generator=self.memory.draws).to(p.device)
+            stores = (draws < p.detach()) & proposes
+        else:
+            stores = (p.detach() > 0.5) & proposes
         if proposes.any():
             cost = cost + hp.store_cost * p[proposes].mean()
         new_ids = self.memory.add(entries[stores], age=self.training)
         if hp.forget_documents:
-            removals.append(self.memory.close_documents(input_ids == hp.eos_id, stores, new_ids))
+            removals.append(self.memory.close_documents(ends, stores, new_ids))
         self.memory.remove(torch.cat(removals))
+        self.memory.advance(documents, ends)
         self.memory_loss = cost
 
         stats = self.memory.entries.stats()
@@ -288,8 +328,19 @@ class MemoryGPT2(LanguageModel):
             store_rate=float(stores.sum() / proposes.sum().clamp(min=1)),
             store_probability=float(p.detach()[proposes].mean()) if proposes.any() else 0.0,
             hit_rate=float((on_memory & reading).sum() / max(1, reading.numel())),
-            reliance=float(readout.weights.detach().sum(-1).mean()),
+            reliance=float(readout.shares.detach().sum(-1).mean()),
         )
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip the transformer's and the memory's gradient norms apart, so that the memory never
+        changes how the transformer learns (its updates are those of the same model without one)."""
+        if self.access is None or not gradient_clip_val or gradient_clip_algorithm not in (None, "norm"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        mine = {id(p) for p in self.access.parameters()}
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        for part in ([p for p in params if id(p) not in mine], [p for p in params if id(p) in mine]):
+            if part:
+                torch.nn.utils.clip_grad_norm_(part, gradient_clip_val)
 
     def parameter_groups(self, weight_decay: float) -> list[dict]:
         groups = super().parameter_groups(weight_decay)
@@ -307,15 +358,38 @@ class MemoryGPT2(LanguageModel):
     def batch_logits(self, batch: dict[str, Tensor]) -> Tensor:
         return self(batch["input_ids"], previous_ids=batch.get("previous_ids"))
 
+    def lm_loss(self, labels: Tensor) -> Tensor:
+        """The language model's own loss on the last forward pass (what trains the transformer
+        when there is a memory: the mixture's loss trains only the read)."""
+        return F.cross_entropy(self.lm_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+    def loss_and_stats(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """As LanguageModel's, with the mixture's loss taken at the labels alone (the same value as
+        the cross-entropy of the returned scores, without a backward pass over the vocabulary)."""
+        if self.memory is None:
+            return super().loss_and_stats(batch)
+        scores = self.batch_logits(batch)
+        labels = batch["labels"]
+        valid = labels != IGNORE_INDEX
+        nll = self.access.mixture_nll(self.lm_logits, *self.mixture, labels)
+        nll = torch.where(valid, nll, torch.zeros_like(nll)).sum()
+        tokens = valid.sum()
+        hits = (scores.argmax(-1) == labels) & valid
+        stats = {"nll_sum": nll.detach(), "tokens": tokens, "correct": hits.sum(),
+                 "num_bytes": batch["num_bytes"].sum()}
+        if "answer_mask" in batch:
+            answers = batch["answer_mask"].bool() & valid
+            stats["answers"], stats["answers_correct"] = answers.sum(), (hits & answers).sum()
+        return nll / tokens.clamp(min=1), stats
+
     def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         self.memory_loss = None
         loss = super()._common_step(batch, stage)
-        if stage == "train":
-            if self.memory is not None:
-                size = batch["input_ids"].shape[0]
-                self.log_dict({f"memory/{name}": value for name, value in self.telemetry.items()}, batch_size=size)
-            if self.memory_loss is not None:
-                loss = loss + self.memory_loss
+        if stage == "train" and self.memory is not None:
+            size = batch["input_ids"].shape[0]
+            self.log_dict({f"memory/{name}": value for name, value in self.telemetry.items()}, batch_size=size)
+            self.log("train/lm_loss", lm := self.lm_loss(batch["labels"]), batch_size=size)
+            loss = loss + lm + (self.memory_loss if self.memory_loss is not None else 0.0)
         return loss
 
     # --- when the memory starts over --------------------------------------------------------------
@@ -368,30 +442,3 @@ class MemoryGPT2(LanguageModel):
         if enabled and self.memory is None:
             raise XLabError("trained with use_memory: false")
         self._generation_writes = bool(enabled)
-
-
-class MemoryCache:
-    """KV cache for sampling: transformers' DynamicCache plus what memory writes need.
-
-    `previous` is each row's last token (the key of the next token's entry). After `reset()` of
-    a non-empty cache the sampler re-runs a slid window whose tokens were all written before
-    except the last one, so that pass writes only its last position.
-    """
-
-    def __init__(self, config, batch_size: int, max_len: int, device: torch.device):
-        self.config, self.batch_size, self.max_len = config, batch_size, max_len
-        self.layers = DynamicCache(config=config)
-        self.previous = torch.full((batch_size,), -1, dtype=torch.long, device=device)
-        self.replaying = False
-
-    @property
-    def length(self) -> int:
-        return self.layers.get_seq_length()
-
-    def reset(self) -> None:
-        self.replaying = self.length > 0
-        self.layers = DynamicCache(config=self.config)
-
-    def reorder(self, index: Tensor) -> None:
-        self.layers.reorder_cache(index)
-        self.previous = self.previous.index_select(0, index)
