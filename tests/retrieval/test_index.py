@@ -90,3 +90,15 @@ def test_exact_search_streams_blocks():
     streamed = exact_search(x, x[:20], 5, batch_size=37)
     np.testing.assert_array_equal(whole[:, 0], np.arange(20))  # each vector is its own best match
     assert all(set(a) == set(b) for a, b in zip(whole, streamed))
+
+
+def test_recall_target_moves_to_finer_codes_within_the_budget(embeddings, tmp_path):
+    """Quantised codes that cap the recall below the target give way to full vectors when those
+    fit the budget; a target nothing reaches is a warning and says so in the report."""
+    report = build_index_(embeddings, tmp_path / "index.faiss", exact_max_vectors=100, target_recall=0.999)
+    assert report["kinds_tried"][0]["factory"].endswith(",SQ8") and len(report["kinds_tried"]) >= 2
+    assert report["factory"].endswith("Flat") and report["recall"] >= 0.999 and report["target_reached"]
+    assert report["kinds_tried"][0]["recall"] < 0.999
+    with pytest.warns(UserWarning, match="target_recall"):
+        report = build_index_(embeddings, tmp_path / "small.faiss", max_index_memory_usage="60K", target_recall=0.99)
+    assert not report["target_reached"] and report["recall"] < 0.99 and report["target_recall"] == 0.99
