@@ -56,7 +56,8 @@ def cli_fit(recipe: str, folder: Path, *extra: str) -> object:
                  "--trainer.max_steps", "12", "--trainer.val_check_interval", "6", "--trainer.limit_val_batches", "2",
                  "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
                  "--trainer.logger.init_args.save_dir", str(folder / "runs"),
-                 "--data.init_args.sources", '[{"kind": "embedded"}]', "--data.init_args.cache_dir",
+                 "--data.init_args.sources", '[{"kind": "embedded"}]', "--data.init_args.vocab_size", "2048",
+                 "--data.init_args.cache_dir",
                  str(folder / "cache"), "--data.init_args.num_workers", "0", *extra])
 
 
