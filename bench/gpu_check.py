@@ -61,10 +61,21 @@ def cli_fit(recipe: str, folder: Path, *extra: str) -> object:
                  str(folder / "cache"), "--data.init_args.num_workers", "0", *extra])
 
 
+# What each recipe needs to find training batches in the small embedded corpus.
+SHRINK = {
+    "defaults.yaml": [],
+    "memory.yaml": ["--model.init_args.max_len", "128", "--model.init_args.num_clusters", "64",
+                    "--data.init_args.batch_size", "4"],
+    "retro.yaml": ["--model.init_args.max_len", "128", "--model.init_args.chunk_size", "16",
+                   "--data.init_args.chunk_size", "16", "--data.init_args.batch_size", "4",
+                   "--data.init_args.max_index_memory_usage", "256M"],
+}
+
+
 def check_training(recipe: str, folder: Path) -> str:
     started = time.perf_counter()
     cli = cli_fit(recipe, folder, "--trainer.precision", "bf16-mixed", "--model.init_args.compile", "true",
-                  "--trainer.strategy", "auto")
+                  "--trainer.strategy", "auto", *SHRINK[recipe])
     loss = float(cli.trainer.callback_metrics["val/loss"])
     if not loss == loss or loss == float("inf"):
         raise RuntimeError(f"validation loss is {loss}")
