@@ -3,7 +3,8 @@
 memory on against off.
 
     python bench/memory.py [--entries 10000] [--dim 768] [--queries 4096] [--k 5] [--threads 1]
-                           [--n_layer 4] [--n_embd 256] [--max_len 256] [--batch_size 8] [--repeats 5]
+                           [--n_layer 4] [--n_embd 256] [--max_len 256] [--batch_size 8] [--repeats 7]
+                           [--device cpu|cuda] [--skip-training]
 
 1. Search: AssociativeMemory.search against the bare faiss index it wraps (flat, then ivf), on
    the same stored vectors and the same query batch. The memory also gathers the k vectors per
@@ -13,8 +14,11 @@ memory on against off.
 3. Sampling: tokens per second of `xlab.inference.sample` (KV cache, greedy) with the memory on
    (reading the entries training left, and writing what it generates) and off.
 
-Runs are interleaved and the medians compared, single-threaded by default, since two threads on
-a small CPU swing up to 2x between runs.
+Runs are interleaved (the order alternating) and the medians compared, single-threaded by default,
+since two threads on a small CPU swing up to 2x between runs. On a CPU the clock is the process's
+CPU time: on a shared machine wall time mostly measures waits for a core (a faiss IVF search of
+0.4 s of CPU took 2.2 s of wall time here). With --device cuda the memory lives on the GPU and
+the reference is a faiss GPU copy of the same index, timed in wall time.
 """
 
 from __future__ import annotations
@@ -35,33 +39,58 @@ from xlab.memory import AssociativeMemory  # noqa: E402
 from xlab.models.memory_gpt2 import MemoryGPT2  # noqa: E402
 
 
+CLOCK = time.process_time  # main() switches to wall time on a GPU
+
+
 def timed(fn) -> float:
-    start = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = CLOCK()
     fn()
-    return time.perf_counter() - start
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return CLOCK() - start
 
 
 def interleaved(runs: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each callable, running them in turn `repeats` times after a warm-up."""
+    """Median seconds of each callable, running them in turn (order alternating) `repeats` times
+    after a warm-up."""
     for fn in runs.values():
         fn()
     seconds = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            seconds[name].append(timed(fn))
+    for repeat in range(repeats):
+        names = list(runs) if repeat % 2 == 0 else list(reversed(runs))
+        for name in names:
+            seconds[name].append(timed(runs[name]))
     return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def reference_index(memory: AssociativeMemory, device: str):
+    """The very index the memory searches (same vectors, same training); on a GPU a faiss GPU
+    copy of it, as the memory's own searcher makes."""
+    index = memory.index
+    if device == "cpu" or faiss.get_num_gpus() == 0:
+        return index
+    resources = faiss.StandardGpuResources()
+    copy = faiss.index_cpu_to_gpu(resources, 0, index)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        faiss.GpuParameterSpace().set_index_parameter(copy, "nprobe", ivf.nprobe)
+    copy.resources = resources  # keep them alive with the copy
+    return copy
 
 
 def bench_search(args) -> None:
     rng = np.random.default_rng(0)
     stored = rng.standard_normal((args.entries, args.dim), dtype=np.float32)
-    queries = torch.from_numpy(rng.standard_normal((args.queries, args.dim), dtype=np.float32))
+    host_queries = torch.from_numpy(rng.standard_normal((args.queries, args.dim), dtype=np.float32))
+    queries = host_queries.to(args.device)
     for index_type in ("flat", "ivf"):
         memory = AssociativeMemory(args.entries, args.dim, index_type=index_type, num_search_results=args.k,
-                                   num_clusters=args.clusters, nprobe=args.nprobe, device="cpu")
+                                   num_clusters=args.clusters, nprobe=args.nprobe, device=args.device)
         memory.add(torch.from_numpy(stored))
-        raw = memory.index  # the very index the memory searches: same vectors, same training
-        q = queries.numpy()
+        raw = reference_index(memory, args.device)
+        q = host_queries.numpy()
         times = interleaved({"memory": lambda: memory.search(queries, args.k),
                              "faiss": lambda: raw.search(q, args.k)}, args.repeats)
         print(f"search {index_type:4s}: {args.queries} queries x k={args.k} over {len(memory)} x {args.dim}: "
@@ -72,19 +101,20 @@ def bench_search(args) -> None:
 def bench_training(args) -> None:
     vocab = 4096
     settings = dict(vocab_size=vocab, max_len=args.max_len, n_layer=args.n_layer, n_head=max(1, args.n_embd // 64),
-                    n_embd=args.n_embd, memory_size=args.entries, memory_device="cpu", index_type=args.index,
+                    n_embd=args.n_embd, memory_size=args.entries, memory_device=args.device, index_type=args.index,
                     num_clusters=args.clusters, nprobe=args.nprobe)
-    models = {on: MemoryGPT2(use_memory=on, **settings) for on in (True, False)}
+    models = {on: MemoryGPT2(use_memory=on, **settings).to(args.device) for on in (True, False)}
     optimizers = {on: torch.optim.AdamW(m.parameters(), lr=1e-4) for on, m in models.items()}
     generator = torch.Generator().manual_seed(0)
-    batches = [torch.randint(4, vocab, (args.batch_size, args.max_len + 1), generator=generator) for _ in range(8)]
+    batches = [torch.randint(4, vocab, (args.batch_size, args.max_len + 1), generator=generator).to(args.device)
+               for _ in range(8)]
     position = {on: 0 for on in models}
 
     def step(on: bool) -> None:
         model, optimizer = models[on], optimizers[on]
         batch = batches[position[on] % len(batches)]
         position[on] += 1
-        inputs = {"input_ids": batch[:, :-1], "labels": batch[:, 1:], "num_bytes": torch.zeros(len(batch))}
+        inputs = {"input_ids": batch[:, :-1], "labels": batch[:, 1:], "num_bytes": torch.zeros(len(batch), device=batch.device)}
         loss, _ = model.loss_and_stats(inputs)
         if model.memory is not None:  # as MemoryGPT2's training step: the LM's own loss trains the transformer
             loss = loss + model.lm_loss(inputs["labels"]) + model.memory_loss
@@ -138,14 +168,22 @@ def main() -> None:
     parser.add_argument("--n_embd", type=int, default=256)
     parser.add_argument("--max_len", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip-training", action="store_true", help="only the search comparison")
     args = parser.parse_args()
+    global CLOCK
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            sys.exit("--device cuda: no CUDA device is visible to torch; run with --device cpu.")
+        CLOCK = time.perf_counter
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     print(f"threads: {args.threads}, faiss GPUs visible: {faiss.get_num_gpus()}")
     bench_search(args)
-    bench_training(args)
+    if not args.skip_training:
+        bench_training(args)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,24 @@ precomputation, and reports chunks/s per step and the peak growth of anonymous m
 not the memmaps' file pages, which the kernel can drop) over the process's baseline. Apart from
 the index itself this growth must stay flat as the corpus grows: every step streams.
 
-    python bench/retrieval.py                      # 20k, 80k, 320k chunks, ~2 minutes on 2 cores
+    python bench/retrieval.py                      # 20k, 80k, 320k chunks, a few minutes on 2 cores
     python bench/retrieval.py --sizes 10000,40000  # other sizes
+    python bench/retrieval.py --factory IVF1024,SQ8 --target-recall 0.95   # one index kind for every row
+    python bench/retrieval.py --device cpu         # keep faiss off the GPU even when there is one
+
+Each row prints the index kind chosen for the memory budget (or the one given), the nprobe the
+tuning settled on, recall@10 against exact search (target 0.9 by default: the tuning raises
+nprobe, or moves to finer codes within the budget, until it is reached), queries/s at that
+setting, and the index's memory. The automatic kind changes with the corpus size (exact search
+up to 65,536 chunks, then IVF with ~2 sqrt(n) lists); --factory fixes one kind so that rows
+compare like with like.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -96,7 +106,8 @@ class AnonPeak:
         self.peak = max(self.peak, self.now())
 
 
-def run_one(n_chunks: int, dim: int, budget: str, search_budget: float) -> dict:
+def run_one(n_chunks: int, dim: int, budget: str, search_budget: float | None, factory: str | None,
+            target: float) -> dict:
     from xlab.retrieval import (build_index_, chunk_tokens_, embed_chunks_, make_embedder,
                                 precompute_neighbours_)
     from xlab.retrieval.chunking import open_chunks
@@ -121,14 +132,14 @@ def run_one(n_chunks: int, dim: int, budget: str, search_budget: float) -> dict:
         embedder = make_embedder({"kind": "hashed", "dim": dim})
         step("embed", lambda: embed_chunks_(embedder.fit(files["chunks"]), files["chunks"], folder / "db" / "emb.npy"))
         embeddings = np.load(folder / "db" / "emb.npy", mmap_mode="r")
-        report = step("index", lambda: build_index_(embeddings, folder / "db" / "index.faiss",
-                                                    max_index_memory_usage=budget,
+        report = step("index", lambda: build_index_(embeddings, folder / "db" / "index.faiss", index_factory=factory,
+                                                    max_index_memory_usage=budget, target_recall=target,
                                                     search_time_budget_s=search_budget))
         stats = step("neighbours", lambda: precompute_neighbours_(folder / "db" / "index.faiss", embeddings,
                                                                  files["chunk_doc_ids"], 2, 10,
                                                                  folder / "db" / "neighbours.npy"))
         result["index"] = {key: report[key] for key in ("factory", "index_bytes", "recall", "search_params",
-                                                        "train_size")}
+                                                        "train_size", "queries_per_s", "target_reached")}
         result["short_rows"] = stats["short_rows"]
         return result
 
@@ -138,22 +149,31 @@ def main() -> None:
     parser.add_argument("--sizes", default="20000,80000,320000", help="comma-separated database sizes in chunks")
     parser.add_argument("--dim", type=int, default=256, help="hashed embedder dimension")
     parser.add_argument("--budget", default="1G", help="max_index_memory_usage")
-    parser.add_argument("--search-budget", type=float, default=20.0,
-                        help="search_time_budget_s: projected seconds to search all chunks, caps nprobe")
+    parser.add_argument("--search-budget", type=float, default=None,
+                        help="search_time_budget_s: projected seconds to search all chunks, caps nprobe (default: none)")
+    parser.add_argument("--target-recall", type=float, default=0.9, help="recall@10 the index must reach (default 0.9)")
+    parser.add_argument("--factory", default=None, help="one faiss index_factory for every size (default: automatic)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="cpu hides GPUs from faiss; default: a GPU when faiss sees one")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size in this process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.dim, args.budget, args.search_budget)))
+        print(json.dumps(run_one(args.one, args.dim, args.budget, args.search_budget, args.factory,
+                                 args.target_recall)))
         return
+    env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {}))
+    extra = ["--target-recall", str(args.target_recall)]
+    extra += ["--search-budget", str(args.search_budget)] if args.search_budget else []
+    extra += ["--factory", args.factory] if args.factory else []
 
     mib = 1 << 20
-    print(f"{'chunks':>8} {'chunk/s':>10} {'embed/s':>8} {'index s':>7} {'neigh/s':>8} {'index':>12} {'nprobe':>6} "
-          f"{'recall':>6} {'idx MiB':>7} {'train MiB':>9} {'peak MiB':>8} {'other MiB':>9} {'total s':>7}")
+    print(f"target recall@10: {args.target_recall}")
+    print(f"{'chunks':>8} {'chunk/s':>10} {'embed/s':>8} {'index s':>7} {'neigh/s':>8} {'index':>16} {'nprobe':>6} "
+          f"{'recall':>6} {'query/s':>8} {'idx MiB':>7} {'train MiB':>9} {'peak MiB':>8} {'other MiB':>9} {'total s':>7}")
     for size in (int(s) for s in args.sizes.split(",")):
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--one", str(size), "--dim", str(args.dim),
-                               "--budget", args.budget, "--search-budget", str(args.search_budget)],
-                              capture_output=True, text=True)
+                               "--budget", args.budget, *extra], capture_output=True, text=True, env=env)
         if proc.returncode:
             sys.exit(f"size {size} failed:\n{proc.stderr}")
         r = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -166,8 +186,9 @@ def main() -> None:
                     s["index"]["peak_growth"] - index["index_bytes"] - train_bytes,
                     s["neighbours"]["peak_growth"] - index["index_bytes"])
         print(f"{n:>8} {n / s['chunk']['seconds']:>10,.0f} {n / s['embed']['seconds']:>8,.0f} "
-              f"{s['index']['seconds']:>7.1f} {n / s['neighbours']['seconds']:>8,.0f} {index['factory']:>12} "
-              f"{index['search_params'].get('nprobe', '-'):>6} {index['recall']:>6.3f} "
+              f"{s['index']['seconds']:>7.1f} {n / s['neighbours']['seconds']:>8,.0f} {index['factory']:>16} "
+              f"{index['search_params'].get('nprobe', '-'):>6} {index['recall']:>6.3f}"
+              f"{'' if index['target_reached'] else '!'} {index['queries_per_s']:>8,.0f} "
               f"{index['index_bytes'] / mib:>7.1f} {train_bytes / mib:>9.1f} {peak / mib:>8.1f} {other / mib:>9.1f} "
               f"{time.perf_counter() - started:>7.1f}", flush=True)
 

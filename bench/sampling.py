@@ -2,14 +2,18 @@
 """Decoding speed of `xlab.inference` against `transformers` `generate` on the same weights.
 
 Usage:
-    python bench/sampling.py                          # GPT-2 small shape (124M), 1 thread
+    python bench/sampling.py                          # GPT-2 shape (124M), 16 + 256 tokens, 1 thread
     python bench/sampling.py --shape small --repeats 5 --new-tokens 64
     python bench/sampling.py --threads 2 --batch-sizes 1 8 32
+    python bench/sampling.py --device cuda            # on a GPU (wall time, synchronised)
 
 Both decoders get the same random GPT-2-shaped weights (a GPT2LMHeadModel and the XLabModel
 mapped from it), the same prompts, the same thread count and the same number of new tokens (no
 end token), under torch.inference_mode. Runs are interleaved (order alternating) and medians are
-reported, because on a shared CPU two back-to-back runs can differ by 2x. At batch 1 a decode
+reported, because on a shared CPU two back-to-back runs can differ by 2x. On a CPU the clock is
+the process's CPU time (the runs are single-threaded by default, so that is the decoder's own
+work; wall time would also count waits for a core); on a GPU it is wall time after a synchronise.
+Targets: xlab / transformers >= 1.0 at batch 1 and >= 1.1 at batch 8, greedy and sampling. At batch 1 a decode
 step reads every weight once, so speed is bound by memory bandwidth: the script also measures
 the bandwidth of a large tensor copy in the same process and reports which fraction of it the
 batch-1 decoding reaches.
@@ -40,14 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="gpt2", help="model shape (default gpt2: 124M)")
     parser.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default 16)")
-    parser.add_argument("--new-tokens", type=int, default=48, help="tokens generated per sequence (default 48)")
+    parser.add_argument("--new-tokens", type=int, default=256, help="tokens generated per sequence (default 256)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="default: 1 8")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per decoder and case (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="device of both models (default: cuda when visible, else cpu)")
     return parser
 
 
-def build_models(shape: str):
+def build_models(shape: str, device: str = "cpu"):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from xlab.hf_gpt2 import xlab_from_gpt2
@@ -57,7 +63,7 @@ def build_models(shape: str):
     hf = GPT2LMHeadModel(config).eval()
     # No end token: every run must produce exactly --new-tokens tokens in both decoders.
     hf.generation_config.eos_token_id = None
-    return hf, xlab_from_gpt2(hf)
+    return hf.to(device), xlab_from_gpt2(hf).to(device)
 
 
 def run_xlab(model, prompts: torch.Tensor, new_tokens: int, sample: bool, seed: int) -> int:
@@ -76,17 +82,25 @@ def run_hf(model, prompts: torch.Tensor, new_tokens: int, sample: bool, seed: in
     return out[:, prompts.shape[1]:].numel()
 
 
-def timed(run, *args) -> tuple[float, int]:
-    began = time.perf_counter()
+def clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return time.process_time()
+
+
+def timed(run, model, *args) -> tuple[float, int]:
+    device = next(model.parameters()).device
+    began = clock(device)
     with torch.inference_mode():
-        tokens = run(*args)
-    return time.perf_counter() - began, tokens
+        tokens = run(model, *args)
+    return clock(device) - began, tokens
 
 
 def compare(hf, ours, batch: int, sample: bool, args) -> tuple[float, float]:
     """Median tokens/s of (xlab, transformers) over interleaved runs."""
     generator = torch.Generator().manual_seed(batch)
-    prompts = torch.randint(1, hf.config.vocab_size, (batch, args.prompt_len), generator=generator)
+    prompts = torch.randint(1, hf.config.vocab_size, (batch, args.prompt_len), generator=generator).to(args.device)
     runs = {"xlab": (run_xlab, ours), "hf": (run_hf, hf)}
     for run, model in runs.values():  # warm-up: first calls allocate and pick kernels
         timed(run, model, prompts, 4, sample, 0)
@@ -109,9 +123,9 @@ def copy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
     target.copy_(source)
     times = []
     for _ in range(repeats):
-        began = time.perf_counter()
+        began = time.process_time()  # the decoders' clock on a CPU
         target.copy_(source)
-        times.append(time.perf_counter() - began)
+        times.append(time.process_time() - began)
     return 2 * source.numel() * 4 / statistics.median(times)
 
 
@@ -130,10 +144,12 @@ def weight_bytes(model) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    hf, ours = build_models(args.shape)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is visible to torch; run with --device cpu.")
+    hf, ours = build_models(args.shape, args.device)
     params = sum(p.numel() for p in {id(p): p for p in ours.parameters()}.values())
     print(f"shape {args.shape} ({params / 1e6:.1f}M parameters), prompt {args.prompt_len}, "
-          f"{args.new_tokens} new tokens, {args.threads} thread(s), median of {args.repeats} interleaved runs")
+          f"{args.new_tokens} new tokens, {args.device}, {args.threads} thread(s), median of {args.repeats} interleaved runs")
     print(f"{'batch':>5} {'mode':>7} {'xlab tok/s':>11} {'hf tok/s':>9} {'ratio':>6}")
     batch1_greedy = None
     for batch in args.batch_sizes:
@@ -144,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{batch:>5} {mode:>7} {xlab_speed:>11.1f} {hf_speed:>9.1f} {ratio:>5.2f}x", flush=True)
             if batch == 1 and not sample:
                 batch1_greedy = (xlab_speed, hf_speed)
-    if batch1_greedy is not None:
+    if batch1_greedy is not None and args.device == "cpu":
         bandwidth = copy_bandwidth()
         per_token = weight_bytes(ours)
         xlab_rate, hf_rate = (per_token * speed for speed in batch1_greedy)

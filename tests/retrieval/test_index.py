@@ -37,7 +37,8 @@ def test_large_budget_picks_flat_and_reports_recall(embeddings, tmp_path):
 
 
 def test_tiny_budget_picks_a_compressed_ivf_that_fits(embeddings, tmp_path):
-    report = build_index_(embeddings, tmp_path / "index.faiss", max_index_memory_usage="60K")
+    with pytest.warns(UserWarning, match="no index that fits the memory budget"):  # PQ codes cap its recall
+        report = build_index_(embeddings, tmp_path / "index.faiss", max_index_memory_usage="60K")
     assert report["factory"].startswith("IVF") and ",PQ" in report["factory"]
     assert report["estimated_bytes"] <= 60 * 1024
     assert report["index_bytes"] < 3000 * 32 * 4  # smaller than the raw vectors
@@ -64,8 +65,9 @@ def test_explicit_factories_are_tuned(embeddings, tmp_path):
     assert report["recall"] >= 0.9
     assert load_index(tmp_path / "ivf.faiss").nprobe == report["search_params"]["nprobe"]  # saved with the index
     # A search-time budget too small for more than the first nprobe keeps that one.
-    report = build_index_(embeddings, tmp_path / "ivf.faiss", index_factory="IVF16,Flat", target_recall=1.01,
-                          search_time_budget_s=1e-6)
+    with pytest.warns(UserWarning, match="search time budget stopped"):
+        report = build_index_(embeddings, tmp_path / "ivf.faiss", index_factory="IVF16,Flat", target_recall=1.01,
+                              search_time_budget_s=1e-6)
     assert report["search_params"]["nprobe"] == 1 and report["tuning"][-1]["over_time_budget"]
     report = build_index_(embeddings, tmp_path / "hnsw.faiss", index_factory="HNSW16")
     assert "efSearch" in report["search_params"] and report["recall"] >= 0.9
@@ -90,3 +92,15 @@ def test_exact_search_streams_blocks():
     streamed = exact_search(x, x[:20], 5, batch_size=37)
     np.testing.assert_array_equal(whole[:, 0], np.arange(20))  # each vector is its own best match
     assert all(set(a) == set(b) for a, b in zip(whole, streamed))
+
+
+def test_recall_target_moves_to_finer_codes_within_the_budget(embeddings, tmp_path):
+    """Quantised codes that cap the recall below the target give way to full vectors when those
+    fit the budget; a target nothing reaches is a warning and says so in the report."""
+    report = build_index_(embeddings, tmp_path / "index.faiss", exact_max_vectors=100, target_recall=0.999)
+    assert report["kinds_tried"][0]["factory"].endswith(",SQ8") and len(report["kinds_tried"]) >= 2
+    assert report["factory"].endswith("Flat") and report["recall"] >= 0.999 and report["target_reached"]
+    assert report["kinds_tried"][0]["recall"] < 0.999
+    with pytest.warns(UserWarning, match="target_recall"):
+        report = build_index_(embeddings, tmp_path / "small.faiss", max_index_memory_usage="60K", target_recall=0.99)
+    assert not report["target_reached"] and report["recall"] < 0.99 and report["target_recall"] == 0.99

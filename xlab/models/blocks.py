@@ -57,9 +57,11 @@ class KVCache:
         self.length += steps
 
     def reorder(self, index: Tensor) -> None:
-        """Keep the rows named by `index` (beam search reorders hypotheses every step)."""
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
+        """Keep the rows named by `index` (beam search reorders hypotheses every step). Only the
+        filled positions move, inside the preallocated buffers: no new cache per step."""
+        filled = slice(0, self.length)
+        self.k[:, :, :, filled] = self.k[:, :, :, filled].index_select(1, index)
+        self.v[:, :, :, filled] = self.v[:, :, :, filled].index_select(1, index)
 
     def reset(self) -> None:
         self.length = 0

@@ -49,14 +49,23 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor, offset: int = 0) -> Tensor:
         """`offset`: position of the first query inside its chunk (decoding continues a chunk)."""
-        N, Tq, C = x.shape
-        Tk = context.shape[1]
-        q = self.q(x).view(N, Tq, self.n_head, self.head_dim).transpose(1, 2)  # (N, nh, Tq, hs)
+        return self.attend(x, *self.keys_values(context), offset)
+
+    def keys_values(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys (rotated) and values (N, nh, Tk, hs) of `context`: what decoding caches per chunk."""
+        N, Tk, _ = context.shape
+        C = self.n_head * self.head_dim
         k, v = (t.view(N, Tk, self.n_head, self.head_dim).transpose(1, 2) for t in self.kv(context).split(C, dim=2))
         if self.rotary is not None:
-            # Positions inside the query chunk and inside the neighbour: relative order is what matters.
+            # Positions inside the neighbour: relative order is what matters.
+            k = self.rotary(k, torch.arange(Tk, device=context.device).remainder(self.key_period).expand(N, Tk))
+        return k, v
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, offset: int = 0) -> Tensor:
+        N, Tq, C = x.shape
+        q = self.q(x).view(N, Tq, self.n_head, self.head_dim).transpose(1, 2)  # (N, nh, Tq, hs)
+        if self.rotary is not None:
             q = self.rotary(q, torch.arange(offset, offset + Tq, device=x.device).expand(N, Tq))
-            k = self.rotary(k, torch.arange(Tk, device=x.device).remainder(self.key_period).expand(N, Tk))
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.c_proj(y.transpose(1, 2).reshape(N, Tq, C))
 
@@ -96,7 +105,7 @@ class DecoderLayer(nn.Module):
                 neighbours: BatchNeighbours | DecodingNeighbours | None = None) -> Tensor:
         x = x + self.attn(self.ln_1(x), positions, mask, cache, index)
         if self.cca is not None and neighbours is not None:
-            x = x + neighbours.cross_attend(self, x)
+            x = x + neighbours.cross_attend(self, x, index)
         return x + self.mlp(self.ln_2(x))
 
     def chunked_cross_attention(self, x: Tensor, encoded: Tensor) -> Tensor:
@@ -116,25 +125,28 @@ class DecoderLayer(nn.Module):
         out[:, L - 1:] = y.reshape(B, n * L, C)[:, : T - L + 1]
         return out
 
-    def cached_cross_attention(self, x: Tensor, encoded: dict[int, Tensor], past: int) -> Tensor:
-        """The same for states x (B, T, C) at positions past..past+T-1 and E of each encoded chunk
-        (B, k * 2L, enc_dim): the positions that attend to one chunk go in one call, at their offset."""
+    def cached_cross_attention(self, x: Tensor, keys_values, past: int) -> Tensor:
+        """The same for states x (B, T, C) at positions past..past+T-1, with `keys_values(chunk)` giving
+        this layer's CCA keys and values of an encoded chunk (None if it has none): the positions
+        that attend to one chunk go in one call, at their offset."""
         B, T, C = x.shape
         L = self.chunk_size
         out = x.new_zeros(B, T, C)
         begin, end = max(past - L + 1, 0), past + T - L + 1  # shifted positions p - L + 1 in the input
         for chunk in range(begin // L, (end - 1) // L + 1 if end > 0 else 0):
-            if chunk not in encoded:
+            kv = keys_values(chunk)
+            if kv is None:
                 continue
             start, stop = max(begin, chunk * L), min(end, (chunk + 1) * L)
             t0, t1 = start + L - 1 - past, stop + L - 1 - past  # back to indices of x
-            out[:, t0:t1] = self.cca(self.ln_cca(x[:, t0:t1]), encoded[chunk], offset=start - chunk * L)
+            out[:, t0:t1] = self.cca.attend(self.ln_cca(x[:, t0:t1]), *kv, offset=start - chunk * L)
         return out
 
 
 class RetroCache(KVCache):
     """The KV cache plus what generation-time retrieval needs: the tokens and the decoder states at
-    the first CCA layer seen so far, and the encoded neighbours of every finished chunk."""
+    the first CCA layer seen so far, the encoded neighbours of every finished chunk, and each CCA
+    layer's keys and values of them (computed once per chunk, not once per new token)."""
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int, dim: int,
                  device, dtype):
@@ -142,15 +154,27 @@ class RetroCache(KVCache):
         self.tokens = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
         self.hidden = torch.zeros(batch_size, max_len, dim, device=device, dtype=dtype)
         self.encoded: dict[int, Tensor] = {}  # chunk index -> (B, k * 2L, enc_dim)
+        self.cross: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}  # (layer, chunk) -> CCA keys, values
+
+    def cross_keys_values(self, layer: DecoderLayer, index: int, chunk: int) -> tuple[Tensor, Tensor] | None:
+        """Layer `index`'s CCA keys and values of `chunk`'s neighbours, None before it is encoded."""
+        if chunk not in self.encoded:
+            return None
+        if (index, chunk) not in self.cross:
+            self.cross[index, chunk] = layer.cca.keys_values(self.encoded[chunk])
+        return self.cross[index, chunk]
 
     def reorder(self, index: Tensor) -> None:
         super().reorder(index)
-        self.tokens, self.hidden = self.tokens.index_select(0, index), self.hidden.index_select(0, index)
+        filled = slice(0, self.length)
+        self.tokens[:, filled] = self.tokens[:, filled].index_select(0, index)
+        self.hidden[:, filled] = self.hidden[:, filled].index_select(0, index)
         self.encoded = {i: e.index_select(0, index) for i, e in self.encoded.items()}
+        self.cross = {key: (k.index_select(0, index), v.index_select(0, index)) for key, (k, v) in self.cross.items()}
 
     def reset(self) -> None:
         super().reset()
-        self.encoded = {}
+        self.encoded, self.cross = {}, {}
 
 
 class BatchNeighbours:
@@ -160,7 +184,7 @@ class BatchNeighbours:
     def __init__(self, model: RetroModel, retrieved: Tensor):
         self.model, self.retrieved, self.encoded = model, retrieved, None
 
-    def cross_attend(self, layer: DecoderLayer, x: Tensor) -> Tensor:
+    def cross_attend(self, layer: DecoderLayer, x: Tensor, index: int) -> Tensor:
         if self.encoded is None:
             B, T, _ = x.shape
             L = self.model.chunk_size
@@ -178,24 +202,31 @@ class DecodingNeighbours:
     def __init__(self, model: RetroModel, input_ids: Tensor, cache: RetroCache):
         self.model, self.input_ids, self.cache, self.stored = model, input_ids, cache, False
 
-    def cross_attend(self, layer: DecoderLayer, x: Tensor) -> Tensor:
+    def cross_attend(self, layer: DecoderLayer, x: Tensor, index: int) -> Tensor:
         if not self.stored:
             self._retrieve(x)
             self.stored = True
-        return layer.cached_cross_attention(x, self.cache.encoded, self.cache.length)
+        cache = self.cache
+        return layer.cached_cross_attention(x, lambda chunk: cache.cross_keys_values(layer, index, chunk), cache.length)
 
     def _retrieve(self, x: Tensor) -> None:
+        """Retrieve and encode every chunk whose last token is new, all in one search and one
+        encoder pass (a prompt or a window rebuilt after a slide finishes many at once)."""
         cache, L, T = self.cache, self.model.chunk_size, x.shape[1]
         past = cache.length
         cache.tokens[:, past:past + T] = self.input_ids
         cache.hidden[:, past:past + T] = x
-        for chunk in range(past // L, (past + T) // L):  # chunks whose last token is new
-            if chunk in cache.encoded:
-                continue
-            tokens = cache.tokens[:, chunk * L:(chunk + 1) * L].cpu().numpy()
-            found = torch.from_numpy(self.model.database.search(tokens)).to(x.device)  # (B, k, 2L)
-            h = cache.hidden[:, chunk * L:(chunk + 1) * L].unsqueeze(1)  # (B, 1, L, C)
-            cache.encoded[chunk] = self.model.encode(found.unsqueeze(1), h)[:, 0]
+        chunks = [c for c in range(past // L, (past + T) // L) if c not in cache.encoded]
+        if not chunks:
+            return
+        B, n = x.shape[0], len(chunks)
+        rows = torch.cat([torch.arange(c * L, (c + 1) * L, device=x.device) for c in chunks])
+        tokens = cache.tokens[:, rows].reshape(B * n, L).cpu().numpy()
+        found = torch.from_numpy(self.model.database.search(tokens)).to(x.device)  # (B * n, k, 2L)
+        h = cache.hidden[:, rows].reshape(B, n, L, -1)
+        encoded = self.model.encode(found.reshape(B, n, *found.shape[1:]), h)  # (B, n, k * 2L, enc_dim)
+        for i, chunk in enumerate(chunks):
+            cache.encoded[chunk] = encoded[:, i]
 
 
 class RetroModel(LanguageModel):

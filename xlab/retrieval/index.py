@@ -23,8 +23,12 @@ can be somewhat higher because inverted lists grow in steps.
 IVF indexes are trained on a random sample of the real embeddings (rows that are not all zero),
 vectors are added in batches. The search knob (IVF `nprobe`, HNSW `efSearch`) is tuned on a
 sample of the database's own vectors, which is exactly what neighbour precomputation searches
-with: powers of two, stopping at the first value that reaches `target_recall`, when recall stops
-improving, or before the projected time to search all n chunks exceeds `search_time_budget_s`.
+with: powers of two, stopping at the first value that reaches `target_recall` (0.9 by default)
+or when recall stops improving; an optional `search_time_budget_s` also stops it before the
+projected time to search all n chunks exceeds it. When the codes cap the recall below the target
+at every nprobe (quantisation), the automatic choice moves to finer codes that still fit the
+budget (`IVF...,Flat`, then exact `Flat`); a target no index within the budget reaches is a
+warning, and the report says `target_reached: false` and lists the kinds tried.
 
 Outputs: the index at `out_path` (written aside, then renamed) and a JSON report next to it
 (`report_path`): chosen factory, search parameters, recall@k against exact search, queries/s,
@@ -115,7 +119,7 @@ def build_index_(
     report_queries: int = 1000,
     report_k: int = 10,
     target_recall: float = 0.9,
-    search_time_budget_s: float = 3600.0,
+    search_time_budget_s: float | None = None,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> dict:
@@ -135,14 +139,58 @@ def build_index_(
     estimated = None
     if automatic:
         index_factory, estimated = choose_index_factory(n, dim, budget, exact_max_vectors)
-    try:
-        index = faiss.index_factory(dim, index_factory, METRICS[metric])
-    except RuntimeError as error:
-        raise XLabError(f"faiss cannot build index_factory={index_factory!r}: {_first_line(error)}") from None
-    _no_polysemous_training(index)
-
     rng = np.random.default_rng(seed)
     batch_size = batch_size or _rows_per_batch(dim)
+    index, trained_on, on_gpu = _build(embeddings, index_factory, metric, train_size, batch_size, rng, progress)
+    queries = np.ascontiguousarray(embeddings[np.sort(rng.choice(n, size=min(report_queries, n), replace=False))],
+                                   dtype=np.float32)
+    k = min(report_k, n)
+    truth = exact_search(embeddings, queries, k, metric, batch_size)
+    seconds_per_query = search_time_budget_s / n if search_time_budget_s else float("inf")
+
+    tried = []
+    while True:
+        tuning = _tune(index, queries, truth, k, target_recall, seconds_per_query)
+        recall, qps = _recall(index, queries, truth, k)
+        tried.append({"factory": index_factory, "recall": recall, "search_params": _search_params(index)})
+        capped = bool(tuning) and tuning[-1].get("over_time_budget", False)
+        upgrade = _finer_index(index_factory, n, dim, budget) if automatic and recall < target_recall else None
+        if recall >= target_recall or capped or upgrade is None:
+            break
+        # The codes cap the recall below the target at every nprobe: finer codes, if they fit.
+        index_factory, estimated = upgrade
+        index, trained_on, on_gpu = _build(embeddings, index_factory, metric, train_size, batch_size, rng, progress)
+    if recall < target_recall:
+        reason = ("the search time budget stopped the tuning" if capped else
+                  "no index that fits the memory budget reaches it")
+        warnings.warn(f"the retrieval index reaches recall@{k} {recall:.3f} < target_recall {target_recall}: {reason}.",
+                      stacklevel=2)
+
+    # The report is renamed first: an index file with no report next to it cannot happen.
+    with written_aside_together_(report_path(out_path), out_path) as (report_tmp, tmp):
+        faiss.write_index(index, str(tmp))
+        report = {
+            "factory": index_factory, "chosen_automatically": automatic, "metric": metric, "n": int(n),
+            "dim": int(dim), "budget_bytes": budget, "estimated_bytes": estimated, "index_bytes": tmp.stat().st_size,
+            "train_size": trained_on, "search_params": _search_params(index),
+            f"recall_at_{k}": recall, "recall": recall, "k": k, "n_queries": len(queries), "queries_per_s": qps,
+            "target_recall": target_recall, "target_reached": recall >= target_recall, "kinds_tried": tried,
+            "projected_search_all_s": round(n / qps, 1), "tuning": tuning, "gpu": on_gpu,
+            "build_seconds": round(time.time() - started, 2),
+        }
+        report_tmp.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _build(embeddings: np.ndarray, factory: str, metric: str, train_size: int | None, batch_size: int,
+           rng: np.random.Generator, progress: Progress | None) -> tuple[faiss.Index, int, bool]:
+    """(index of every embedding, vectors trained on, whether a GPU built it)."""
+    n = len(embeddings)
+    try:
+        index = faiss.index_factory(embeddings.shape[1], factory, METRICS[metric])
+    except RuntimeError as error:
+        raise XLabError(f"faiss cannot build index_factory={factory!r}: {_first_line(error)}") from None
+    _no_polysemous_training(index)
     gpu = to_gpu_if_available(index)
     work = gpu if gpu is not None else index
     trained_on = 0
@@ -156,28 +204,20 @@ def build_index_(
             progress(min(batch_size, n - r0))
     if gpu is not None:
         index = faiss.index_gpu_to_cpu(gpu)
-        del gpu, work
+    return index, trained_on, gpu is not None
 
-    queries = np.ascontiguousarray(embeddings[np.sort(rng.choice(n, size=min(report_queries, n), replace=False))],
-                                   dtype=np.float32)
-    k = min(report_k, n)
-    truth = exact_search(embeddings, queries, k, metric, batch_size)
-    tuning = _tune(index, queries, truth, k, target_recall, search_time_budget_s / n)
-    recall, qps = _recall(index, queries, truth, k)
 
-    # The report is renamed first: an index file with no report next to it cannot happen.
-    with written_aside_together_(report_path(out_path), out_path) as (report_tmp, tmp):
-        faiss.write_index(index, str(tmp))
-        report = {
-            "factory": index_factory, "chosen_automatically": automatic, "metric": metric, "n": int(n),
-            "dim": int(dim), "budget_bytes": budget, "estimated_bytes": estimated, "index_bytes": tmp.stat().st_size,
-            "train_size": trained_on, "search_params": _search_params(index),
-            f"recall_at_{k}": recall, "recall": recall, "k": k, "n_queries": len(queries), "queries_per_s": qps,
-            "projected_search_all_s": round(n / qps, 1), "tuning": tuning, "gpu": gpu is not None,
-            "build_seconds": round(time.time() - started, 2),
-        }
-        report_tmp.write_text(json.dumps(report, indent=2))
-    return report
+def _finer_index(factory: str, n: int, dim: int, budget: int) -> tuple[str, int] | None:
+    """The next index kind with more exact codes than `factory` that fits the budget: an IVF
+    with full vectors after quantised codes, then exact search; None when none is left."""
+    quantizer = factory.split(",")[0]
+    steps = []
+    if quantizer.startswith("IVF") and not factory.endswith(",Flat"):
+        size = next(size for f, size in ivf_candidates(n, dim) if f.startswith(quantizer + ","))
+        steps.append((f"{quantizer},Flat", size - dim * n + 4 * dim * n))  # the SQ8 estimate with 4 bytes a dim
+    if factory != "Flat":
+        steps.append(("Flat", 4 * dim * n))
+    return next(((f, size) for f, size in steps if size <= budget), None)
 
 
 def load_index(path: str | Path) -> faiss.Index:
