@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,6 +86,10 @@ class XLabDataModule(L.LightningDataModule):
         hp = self.hparams
         return {"vocab_size": hp.vocab_size, "model_type": hp.tokenizer_type,
                 "extra_special_tokens": list(hp.special_tokens or [])}
+
+    def make_tokenizer(self, train_texts: Iterable[str]) -> Tokenizer:
+        """The tokenizer the settings ask for, trained on `train_texts` (the train split only)."""
+        return Tokenizer.train(train_texts, **self.tokenizer_settings())
 
     @property
     def cache_folder(self) -> Path:
