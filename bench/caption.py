@@ -144,10 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--scst-baseline", choices=("greedy", "mean"), default="greedy", help="SCST's baseline")
     parser.add_argument("--scst-lr", type=float, help="SCST's learning rate (default 3e-4)")
+    parser.add_argument("--scst-steps", type=int, help="SCST steps (default 60; --small 30)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     setting = replace(SMALL if args.small else Setting(), scst_baseline=args.scst_baseline)
+    if args.scst_steps:
+        setting = replace(setting, scst_steps=args.scst_steps)
     if args.scst_lr:
         setting = replace(setting, scst_learning_rate=args.scst_lr)
     report(run(setting, meteor=args.meteor))

@@ -47,6 +47,11 @@ def caption_image(loaded, image_path: str, style: str | None, settings, seed: in
         raise XLabError("this CaptionModel reads precomputed features, not images: caption with the features "
                         "pipeline it was trained on, or train it with encoder: conv or hf.")
     prompt = caption_prompt(tokenizer, style)
+    from dataclasses import replace
+
+    room = int(model.hparams.max_len) - model.prefix_len  # what the image prefix leaves for text
+    if settings.block_size is not None and settings.block_size > room:  # an export's default is the whole max_len
+        settings = replace(settings, block_size=room)
     pixels = load_pixels(image_path, model.pixels.image_size, what="--image")[None].to(model.device)
     with torch.inference_mode():
         prefix = model.encode({"pixels": pixels})

@@ -99,6 +99,11 @@ class CaptionModel(XLabModel):
         self.reward = None  # SCST's CIDEr-D, built at fit start from the training references
 
     # --- the prefix ---------------------------------------------------------------------------
+    @property
+    def prefix_len(self) -> int:
+        """Prefix embeddings per image (features with mapping: tokens: as many as they have)."""
+        return getattr(self.encoder, "prefix_len", None) or 0
+
     def encode(self, batch: dict[str, Any]) -> Tensor:
         """Prefix embeddings (B, P, n_embd) of a batch's pixels or features."""
         if self.hparams.encoder == "features":
@@ -140,6 +145,12 @@ class CaptionModel(XLabModel):
 
             return scst_step(self, batch)
         return super().training_step(batch, batch_idx)
+
+    def on_train_epoch_end(self) -> None:
+        if self.hparams.scst:  # SCST logs its own curves; the token metrics saw no batch
+            self.metrics["train_metrics"].reset()
+            return
+        super().on_train_epoch_end()
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         self._common_step(batch, stage)
