@@ -11,7 +11,9 @@ Trained with the real Lightning Trainer and scored on the test split by pycocoev
                    how often `detect_style` reads that style back (chance is 1 / number of styles)
     scst           `image` after a self-critical stage (CIDEr-D reward, greedy baseline)
 Printed: BLEU-4, CIDEr-D, ROUGE-L (and METEOR with --meteor) per model, the style rate, and
-CIDEr-D before and after SCST. tests/test_bench_caption.py runs --small and asserts the margins.
+CIDEr-D before and after SCST. tests/test_bench_caption.py runs --small and asserts the image and
+style margins; SCST must keep a working captioner there (raising held-out CIDEr-D in so short a
+stage is not yet achieved: see the README).
 """
 
 from __future__ import annotations
