@@ -6,6 +6,7 @@ Usage:
     ./infer.py [OPTIONS] CHECKPOINT_PATH -            # prompt from stdin (one trailing newline dropped)
     ./infer.py --interactive [OPTIONS] CHECKPOINT_PATH  # a prompt loop; Ctrl-D ends it
     ./infer.py --chat [--persona TEXT] [--context TEXT] CHECKPOINT_PATH  # talk to a dialogue model; Ctrl-D ends it
+    ./infer.py CHECKPOINT_PATH --image PATH [--style STYLE]  # caption an image (CaptionModel)
 
 CHECKPOINT_PATH is a Lightning checkpoint (.ckpt) or an export folder (manage.py export-checkpoint,
 manage.py import-hf); an export's generation.json supplies the defaults of the options below.
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     context.add_argument("--slide-keep", type=_int_or_fraction, metavar="N|F",
                          help="when the text outgrows the block, keep this many tokens, or this fraction "
                               "of the block if < 1 (default: block size - 1)")
+    captions = parser.add_argument_group("captions (CaptionModel)")
+    captions.add_argument("--image", metavar="PATH", help="caption this image file instead of continuing a prompt")
+    captions.add_argument("--style", metavar="STYLE", help="the caption's style (an unknown one lists the known ones)")
     memory = parser.add_argument_group("memory (MemoryGPT2)")
     memory.add_argument("--memory-writes", action="store_true",
                         help="also store the prompt and the generated text in the memory, as training does, so "
@@ -116,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.image is not None:
+        from xlab.inference.caption import caption_command
+
+        return caption_command(args, pick_device(args.device), merged_settings)
     if not args.interactive and not args.chat and args.prompt is None:
         raise XLabError("no PROMPT given: pass the text to continue, '-' to read stdin, or --interactive.")
     from xlab.export import load

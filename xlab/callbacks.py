@@ -77,7 +77,9 @@ class RunSummary(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        checkpoint = trainer.checkpoint_callback
+        # The CLI's own checkpoint callback, not a periodic one a recipe lists first.
+        checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, XLabCheckpoint)),
+                          trainer.checkpoint_callback)
         if checkpoint is not None and checkpoint.dirpath:
             best = Path(checkpoint.best_model_path).name if checkpoint.best_model_path else "-"
             last = checkpoint.last_model_path or "-"

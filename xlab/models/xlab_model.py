@@ -129,25 +129,26 @@ class XLabModel(LanguageModel):
                        hp.n_embd // hp.n_head,
                        device=self.device, dtype=dtype or self.lm_head.weight.dtype)
 
-    def forward(self, input_ids: Tensor, cache: KVCache | None = None, positions: Tensor | None = None,
-                padding_mask: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor | None, cache: KVCache | None = None, positions: Tensor | None = None,
+                padding_mask: Tensor | None = None, inputs_embeds: Tensor | None = None) -> Tensor:
         """Logits (B, T, vocab) for `input_ids` (B, T).
 
         With a `cache`, the tokens continue what the cache holds: their keys are appended and
         they attend to every cached position. `positions` (B, T) overrides the default
         positions past..past+T-1 (for left-padded prompts); `padding_mask` (B, past + T) is
-        True at real tokens and False at pads, which no query attends to.
+        True at real tokens and False at pads, which no query attends to. `inputs_embeds`
+        (B, T, C) replaces the token embeddings (a CaptionModel's image prefix).
         """
-        T = input_ids.shape[1]
+        x = self.transformer.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        T = x.shape[1]
         past = cache.length if cache is not None else 0
-        positions = position_ids(input_ids, past, self.hparams.max_len, positions)
-        x = self.transformer.wte(input_ids)  # (B, T, C)
+        positions = position_ids(x[..., 0], past, self.hparams.max_len, positions)
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(positions)
         elif self.hparams.positions == "sinusoidal":
             x = x + self.sinusoids[positions]
         x = self.transformer.drop(x)
-        mask = attention_mask(T, past, padding_mask, input_ids.device)
+        mask = attention_mask(T, past, padding_mask, x.device)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, positions, mask, cache, layer)
         if cache is not None:

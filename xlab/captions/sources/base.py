@@ -1,0 +1,78 @@
+"""What a caption source is, and how a YAML source entry becomes one.
+
+A source yields `CaptionRecord`s. Sources whose dataset ships its own split by image (COCO's
+train / val files, PersonalityCaptions' train / valid / test) can keep it with `keep_splits`:
+the record then carries `extra["split"]`, and the data module uses it instead of the hash.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from xlab.captions.records import CaptionRecord
+from xlab.errors import XLabError
+
+
+class CaptionSource:
+    kind: str = ""
+
+    def records(self) -> Iterator[CaptionRecord]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that changes the records, so a changed source means a new cache."""
+        raise NotImplementedError
+
+    def known_styles(self) -> list[str]:
+        """Styles the dataset declares beyond those its records use (PersonalityCaptions' list)."""
+        return []
+
+
+def file_stamp(path: Path) -> list:
+    stat = path.stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+def expand(path: str) -> Path:
+    return Path(os.path.expanduser(path))
+
+
+def read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise XLabError(f"{what}: {path} is missing.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise XLabError(f"{what}: {path} is not valid JSON ({e}).") from None
+
+
+_REGISTRY: dict[str, type[CaptionSource]] = {}
+
+
+def register(cls: type[CaptionSource]) -> type[CaptionSource]:
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def build_caption_source(spec: dict[str, Any]) -> CaptionSource:
+    """`{"kind": "coco", "path": ...}` as a source, every key checked."""
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise XLabError(f"caption source {spec!r} needs a 'kind': one of {', '.join(sorted(_REGISTRY))}.")
+    kind = spec["kind"]
+    if kind not in _REGISTRY:
+        raise XLabError(f"unknown caption source kind {kind!r}: use one of {', '.join(sorted(_REGISTRY))}.")
+    cls = _REGISTRY[kind]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(spec) - {"kind", *accepted})
+    if unknown:
+        raise XLabError(f"caption source {kind!r} has no setting {', '.join(unknown)}: "
+                        f"it accepts {', '.join(accepted)}.")
+    try:
+        return cls(**{k: v for k, v in spec.items() if k != "kind"})
+    except TypeError as e:
+        raise XLabError(f"caption source {kind!r}: {e}") from None
