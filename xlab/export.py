@@ -28,8 +28,9 @@ from xlab.errors import XLabError
 from xlab.files import written_aside_
 from xlab.inference.settings import GenerationSettings
 
-EXPORT_FORMAT, EXPORT_VERSION = "xlab-export", 1
-CONFIG, WEIGHTS, GENERATION, SPM_TOKENIZER = "config.json", "model.safetensors", "generation.json", "tokenizer.model"
+from xlab.export_format import (CONFIG, EXPORT_FORMAT, EXPORT_VERSION, GENERATION, SPM_TOKENIZER,  # noqa: F401
+                                WEIGHTS, read_export_config)
+
 _EXTRA_STATE = "_extra_state"
 
 
@@ -168,27 +169,6 @@ def _to_json(value: Any, what: str) -> str:
         return json.dumps(value, indent=2, sort_keys=False) + "\n"
     except TypeError as e:
         raise XLabError(f"the {what} cannot be written as JSON ({e}): keep hyperparameters primitive.") from None
-
-
-def read_export_config(folder: str | Path) -> dict[str, Any]:
-    folder = Path(folder)
-    path = folder / CONFIG
-    if not path.is_file():
-        raise XLabError(f"{folder} is not an XLab export (no {CONFIG}): export a checkpoint with "
-                        "`manage.py export-checkpoint`.")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise XLabError(f"{path} is not valid JSON ({e}).") from None
-    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
-        raise XLabError(f"{path} is not an XLab export config (format is not {EXPORT_FORMAT!r}).")
-    if config.get("version", 0) > EXPORT_VERSION:
-        raise XLabError(f"{folder} was written by a newer XLab (export version {config['version']}).")
-    missing = [name for name in [WEIGHTS, GENERATION, *config.get("tokenizer", {}).get("files", [])]
-               if not (folder / name).is_file()]
-    if missing:
-        raise XLabError(f"export {folder} is missing {', '.join(missing)}: re-export the checkpoint.")
-    return config
 
 
 def load_export(folder: str | Path, expected: type | None = None, device: str | torch.device = "cpu") -> Loaded:

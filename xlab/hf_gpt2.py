@@ -19,14 +19,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from xlab.errors import XLabError
+from xlab.hf_weights import _CONV1D, _TANH_GELU
 
 if TYPE_CHECKING:
     from xlab.models import XLabModel
 
-# Projections whose GPT-2 weights are Conv1D (in, out) and must be transposed.
-_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-# GELU variants of transformers that are the tanh approximation XLabModel uses.
-_TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 # Files of a Hugging Face tokenizer worth carrying into an export (all JSON or plain text).
 HF_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
                       "special_tokens_map.json", "added_tokens.json")

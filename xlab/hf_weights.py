@@ -23,7 +23,11 @@ from typing import Any
 import torch
 
 from xlab.errors import XLabError
-from xlab.hf_gpt2 import _CONV1D, _TANH_GELU
+
+# Projections whose GPT-2 weights are Conv1D (in, out) and must be transposed.
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# GELU variants of transformers that are the tanh approximation XLabModel uses.
+_TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 SUPPORTED = ("gpt2", "llama")
 SAVE_HINT = ("on a machine with network access run `AutoModelForCausalLM.from_pretrained(NAME)"

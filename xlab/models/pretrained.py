@@ -35,7 +35,7 @@ class StartingPoint:
     state: dict  # weights under XLabModel's names, lm_head.weight included
 
 
-def read_starting_point(path: str | Path) -> StartingPoint:
+def read_starting_point(path: str | Path, cls: type) -> StartingPoint:
     from xlab.hf_weights import read_hf_config, read_hf_weights, xlab_settings_from_hf, xlab_state_from_hf
 
     folder = Path(path).expanduser()
@@ -46,11 +46,11 @@ def read_starting_point(path: str | Path) -> StartingPoint:
         settings = xlab_settings_from_hf(config, str(folder))
         state = xlab_state_from_hf(config, read_hf_weights(folder), settings["tie_weights"])
         return StartingPoint(str(folder), "GPT-2" if config["model_type"] == "gpt2" else "Llama", settings, state)
-    return _read_export(folder)
+    return _read_export(folder, cls)
 
 
 def _is_export(folder: Path) -> bool:
-    from xlab.export import CONFIG, EXPORT_FORMAT
+    from xlab.export_format import CONFIG, EXPORT_FORMAT
 
     try:
         return json.loads((folder / CONFIG).read_text()).get("format") == EXPORT_FORMAT
@@ -58,10 +58,10 @@ def _is_export(folder: Path) -> bool:
         return False
 
 
-def _read_export(folder: Path) -> StartingPoint:
+def _read_export(folder: Path, cls: type) -> StartingPoint:
     from safetensors.torch import load_file
 
-    from xlab.export import WEIGHTS, read_export_config
+    from xlab.export_format import WEIGHTS, read_export_config
 
     config = read_export_config(folder)
     class_path = config["model"]["class_path"]
@@ -71,7 +71,7 @@ def _read_export(folder: Path) -> StartingPoint:
     state = load_file(folder / WEIGHTS)
     for alias, name in config.get("tied", {}).items():
         state[alias] = state[name]
-    defaults = _defaults()
+    defaults = _defaults(cls)  # settings an older export did not record
     settings = {name: args.get(name, defaults[name]) for name in ARCHITECTURE}
     settings.update(vocab_size=args["vocab_size"], max_len=args["max_len"])
     if settings["tie_weights"]:
@@ -79,10 +79,9 @@ def _read_export(folder: Path) -> StartingPoint:
     return StartingPoint(str(folder), "XLab export", settings, state)
 
 
-def _defaults(cls: type | None = None) -> dict:
-    from xlab.models.xlab_model import XLabModel
-
-    params = inspect.signature((cls or XLabModel).__init__).parameters
+def _defaults(cls: type) -> dict:
+    # The model class is passed in, not imported: the models import this module.
+    params = inspect.signature(cls.__init__).parameters
     return {name: params[name].default for name in ARCHITECTURE}
 
 

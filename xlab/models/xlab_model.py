@@ -71,7 +71,7 @@ class XLabModel(LanguageModel):
         if init_from is not None:
             from xlab.models.pretrained import architecture_of, read_starting_point
 
-            start = read_starting_point(init_from)
+            start = read_starting_point(init_from, type(self))
             # Rebinding the arguments before the base saves them: hparams hold the folder's values.
             (n_layer, n_head, n_embd, ffn_dim, positions, rope_base, norm, norm_position, activation, bias,
              tie_weights, norm_eps, n_kv_head) = architecture_of(start, type(self), dict(
