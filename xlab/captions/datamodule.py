@@ -13,9 +13,7 @@ caption tokens only), num_bytes; and per row its prompt ids, references, image i
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +23,6 @@ from xlab.captions.dataset import CaptionDataset, collate, style_piece
 from xlab.captions.features import FeatureStore
 from xlab.captions.records import CaptionRecord
 from xlab.captions.sources import build_caption_source
-from xlab.datamodules.cache import build_once_, default_cache_root, settings_key
 from xlab.datamodules.datamodule import XLabDataModule
 from xlab.datamodules.splits import SPLITS, split_of
 from xlab.errors import XLabError
@@ -78,28 +75,15 @@ class CaptionDataModule(XLabDataModule):
         settings["extra_special_tokens"] = list(dict.fromkeys([*settings["extra_special_tokens"], *styles]))
         return settings
 
-    def _cache_folder(self) -> Path:
+    cache_kind = "captions"
+
+    def cache_settings(self) -> dict[str, Any]:
         hp = self.hparams
-        settings = {"format": CAPTION_CACHE_FORMAT, "sources": [s.fingerprint() for s in self.caption_sources],
-                    "fractions": self.fractions, "salt": hp.split_salt, "tokenizer": self.tokenizer_settings(),
-                    "features": hp.features, "on_error": hp.on_error, "max_documents": hp.max_documents}
-        root = Path(os.path.expanduser(hp.cache_dir)) if hp.cache_dir else default_cache_root()
-        return root / "captions" / settings_key(settings)
+        return {"format": CAPTION_CACHE_FORMAT, "sources": [s.fingerprint() for s in self.caption_sources],
+                "fractions": self.fractions, "salt": hp.split_salt, "tokenizer": self.tokenizer_settings(),
+                "features": hp.features, "on_error": hp.on_error, "max_documents": hp.max_documents}
 
-    def prepare_data(self) -> None:
-        if self._built:
-            return
-        rebuild = (self.hparams.reprocess or os.environ.get("REPROCESS") == "1") and int(os.environ.get("LOCAL_RANK", 0)) == 0
-        folder = self.cache_folder
-
-        def build(tmp: Path) -> None:
-            print(f"xlab: building the caption cache {folder} ...", flush=True)
-            self._build_(tmp)
-
-        build_once_(folder, build, rebuild=rebuild)
-        self._built = True
-
-    def _build_(self, tmp: Path) -> None:
+    def build_cache_(self, tmp: Path) -> None:
         hp = self.hparams
         features = FeatureStore(hp.features) if hp.features else None
         splits: dict[str, list[CaptionRecord]] = {s: [] for s in SPLITS}

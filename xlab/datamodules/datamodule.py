@@ -121,13 +121,19 @@ class XLabDataModule(L.LightningDataModule):
             self._folder = self._cache_folder()
         return self._folder
 
+    # The cache's subfolder under cache_dir: each kind of data module keeps its own.
+    cache_kind = "corpus"
+
+    def cache_settings(self) -> dict[str, Any]:
+        """Every setting that changes what the cache holds: its hash names the cache folder."""
+        return {"format": CACHE_FORMAT, "sources": [s.fingerprint() for s in self.sources],
+                "fractions": self.fractions, "salt": self.hparams.split_salt,
+                "max_documents": self.hparams.max_documents, "tokenizer": self.tokenizer_settings(),
+                "section_bytes": self.hparams.section_bytes}
+
     def _cache_folder(self) -> Path:
-        settings = {"format": CACHE_FORMAT, "sources": [s.fingerprint() for s in self.sources],
-                    "fractions": self.fractions, "salt": self.hparams.split_salt,
-                    "max_documents": self.hparams.max_documents, "tokenizer": self.tokenizer_settings(),
-                    "section_bytes": self.hparams.section_bytes}
         root = Path(os.path.expanduser(self.hparams.cache_dir)) if self.hparams.cache_dir else default_cache_root()
-        return root / "corpus" / settings_key(settings)
+        return root / self.cache_kind / settings_key(self.cache_settings())
 
     def prepare_data(self) -> None:
         """Build the cache if needed: once per process, whichever hook asks first."""
@@ -138,13 +144,17 @@ class XLabDataModule(L.LightningDataModule):
         folder = self.cache_folder
 
         def build(tmp: Path) -> None:
-            print(f"xlab: building the corpus cache {folder} ...", flush=True)
-            build_encoded_corpus_(tmp, self.sources, self.fractions, self.hparams.split_salt,
-                                  self.make_tokenizer, self.hparams.max_documents,
-                                  section_bytes=self.hparams.section_bytes)
+            print(f"xlab: building the {self.cache_kind} cache {folder} ...", flush=True)
+            self.build_cache_(tmp)
 
         build_once_(folder, build, rebuild=rebuild)
         self._built = True
+
+    def build_cache_(self, tmp: Path) -> None:
+        """Write the cache's files into `tmp`, which is renamed into place when this returns."""
+        build_encoded_corpus_(tmp, self.sources, self.fractions, self.hparams.split_salt,
+                              self.make_tokenizer, self.hparams.max_documents,
+                              section_bytes=self.hparams.section_bytes)
 
     @property
     def meta(self) -> dict[str, Any]:

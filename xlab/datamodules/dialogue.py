@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from xlab.datamodules.cache import build_once_, settings_key
 from xlab.datamodules.datamodule import XLabDataModule
 from xlab.datamodules.datasets import IGNORE_INDEX, pad_collate
 from xlab.datamodules.splits import SPLITS, split_of
@@ -102,18 +101,6 @@ class DialogueDataModule(XLabDataModule):
         return settings
 
     @property
-    def sos_id(self) -> int:
-        return self.tokenizer.sos_id
-
-    @property
-    def eos_id(self) -> int:
-        return self.tokenizer.eos_id
-
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_id
-
-    @property
     def renderer(self):
         from xlab.dialogue.render import Renderer
 
@@ -123,29 +110,15 @@ class DialogueDataModule(XLabDataModule):
         return self._renderer
 
     # --- the cache ----------------------------------------------------------------------------
-    def _cache_folder(self) -> Path:
-        settings = {"format": DIALOGUE_CACHE_FORMAT, "modules": [m.fingerprint() for m in self.modules],
-                    "filters": [vars(f) | {"name": f.name} for f in self.filters], "fractions": self.fractions,
-                    "salt": self.hparams.split_salt, "max_documents": self.hparams.max_documents,
-                    "tokenizer": self.tokenizer_settings()}
-        return super()._cache_folder().parent.parent / "dialogue" / settings_key(settings)
+    cache_kind = "dialogue"
 
-    def prepare_data(self) -> None:
-        if self._built:
-            return
-        import os
+    def cache_settings(self) -> dict[str, Any]:
+        return {"format": DIALOGUE_CACHE_FORMAT, "modules": [m.fingerprint() for m in self.modules],
+                "filters": [vars(f) | {"name": f.name} for f in self.filters], "fractions": self.fractions,
+                "salt": self.hparams.split_salt, "max_documents": self.hparams.max_documents,
+                "tokenizer": self.tokenizer_settings()}
 
-        rebuild = (self.hparams.reprocess or os.environ.get("REPROCESS") == "1") and int(os.environ.get("LOCAL_RANK", 0)) == 0
-        folder = self.cache_folder
-
-        def build(tmp: Path) -> None:
-            print(f"xlab: building the dialogue cache {folder} ...", flush=True)
-            self._build_(tmp)
-
-        build_once_(folder, build, rebuild=rebuild)
-        self._built = True
-
-    def _build_(self, tmp: Path) -> None:
+    def build_cache_(self, tmp: Path) -> None:
         from xlab.dialogue.build import collect
         from xlab.dialogue.filters import apply_filters
         from xlab.dialogue.render import Renderer, episode_text
