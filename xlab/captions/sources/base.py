@@ -7,7 +7,6 @@ the record then carries `extra["split"]`, and the data module uses it instead of
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from xlab.captions.records import CaptionRecord
+from xlab.datamodules.sources.base import build_registered
 from xlab.errors import XLabError
 
 
@@ -61,18 +61,4 @@ def register(cls: type[CaptionSource]) -> type[CaptionSource]:
 
 def build_caption_source(spec: dict[str, Any]) -> CaptionSource:
     """`{"kind": "coco", "path": ...}` as a source, every key checked."""
-    if not isinstance(spec, dict) or "kind" not in spec:
-        raise XLabError(f"caption source {spec!r} needs a 'kind': one of {', '.join(sorted(_REGISTRY))}.")
-    kind = spec["kind"]
-    if kind not in _REGISTRY:
-        raise XLabError(f"unknown caption source kind {kind!r}: use one of {', '.join(sorted(_REGISTRY))}.")
-    cls = _REGISTRY[kind]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(spec) - {"kind", *accepted})
-    if unknown:
-        raise XLabError(f"caption source {kind!r} has no setting {', '.join(unknown)}: "
-                        f"it accepts {', '.join(accepted)}.")
-    try:
-        return cls(**{k: v for k, v in spec.items() if k != "kind"})
-    except TypeError as e:
-        raise XLabError(f"caption source {kind!r}: {e}") from None
+    return build_registered(spec, _REGISTRY, "caption source")

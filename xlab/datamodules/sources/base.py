@@ -50,17 +50,23 @@ def register(cls: type[Source]) -> type[Source]:
 
 def build_source(spec: dict[str, Any]) -> Source:
     """Turn `{"kind": "text_folder", "path": ..., ...}` into a source, checking every key."""
+    return build_registered(spec, _REGISTRY, "data source")
+
+
+def build_registered(spec: dict[str, Any], registry: dict[str, type], what: str) -> Any:
+    """The registered class that `spec["kind"]` names, built from the other keys; an unknown kind
+    or key is a one-line error listing what is accepted."""
     if not isinstance(spec, dict) or "kind" not in spec:
-        raise XLabError(f"data source {spec!r} needs a 'kind': one of {', '.join(sorted(_REGISTRY))}.")
+        raise XLabError(f"{what} {spec!r} needs a 'kind': one of {', '.join(sorted(registry))}.")
     kind = spec["kind"]
-    if kind not in _REGISTRY:
-        raise XLabError(f"unknown data source kind {kind!r}: use one of {', '.join(sorted(_REGISTRY))}.")
-    cls = _REGISTRY[kind]
+    if kind not in registry:
+        raise XLabError(f"unknown {what} kind {kind!r}: use one of {', '.join(sorted(registry))}.")
+    cls = registry[kind]
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(spec) - {"kind", *accepted})
     if unknown:
-        raise XLabError(f"data source {kind!r} has no setting {', '.join(unknown)}: it accepts {', '.join(accepted)}.")
+        raise XLabError(f"{what} {kind!r} has no setting {', '.join(unknown)}: it accepts {', '.join(accepted)}.")
     try:
         return cls(**{k: v for k, v in spec.items() if k != "kind"})
     except TypeError as e:
-        raise XLabError(f"data source {kind!r}: {e}") from None
+        raise XLabError(f"{what} {kind!r}: {e}") from None
