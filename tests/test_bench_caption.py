@@ -1,6 +1,7 @@
 """bench/caption.py --small: the image matters (CIDEr-D well above the blank-image decoder), the
 style matters (the asked-for style is read back far above chance), and the SCST stage raises the
-cross-entropy model's test CIDEr-D (by 3-7% on the seeds measured; 1.5% is asserted)."""
+cross-entropy model's test CIDEr-D at this seed (+3.9% measured, 1.5% asserted; across seeds 0-4
+the change ranges from -2.5% to +6.6%, README, Captions)."""
 
 from __future__ import annotations
 
