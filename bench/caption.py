@@ -9,11 +9,10 @@ Trained with the real Lightning Trainer and scored on the test split by pycocoev
                    still learn the styles' wording and the captions' grammar, but not the content
     style          for every test image and every style, the greedy caption asked for that style:
                    how often `detect_style` reads that style back (chance is 1 / number of styles)
-    scst           `image` after a self-critical stage (CIDEr-D reward, greedy baseline)
+    scst           `image` after a self-critical stage (CIDEr-D reward, mean-of-others baseline)
 Printed: BLEU-4, CIDEr-D, ROUGE-L (and METEOR with --meteor) per model, the style rate, and
 CIDEr-D before and after SCST. tests/test_bench_caption.py runs --small and asserts the image and
-style margins; SCST must keep a working captioner there (raising held-out CIDEr-D in so short a
-stage is not yet achieved: see the README).
+style margins and that SCST raises test CIDEr-D.
 """
 
 from __future__ import annotations
@@ -38,11 +37,16 @@ class Setting:
     n_layer: int = 3
     n_embd: int = 128
     batch_size: int = 32
-    scst_learning_rate: float = 3e-4
-    scst_baseline: str = "greedy"
+    # SCST refines a trained captioner: a step far below the cross-entropy one (2e-3), samples
+    # drawn near the greedy caption, the mean of the image's other samples as the baseline. At
+    # 3e-4 and temperature 1 the noisy policy gradient undid more than it gained: held-out
+    # CIDEr-D fell on every seed tried.
+    scst_learning_rate: float = 5e-5
+    scst_baseline: str = "mean"
+    scst_temperature: float = 0.5
 
 
-SMALL = Setting(images=600, steps=250, scst_steps=30, n_layer=2, n_embd=64, batch_size=32)
+SMALL = Setting(images=600, steps=250, scst_steps=60, n_layer=2, n_embd=64, batch_size=32)
 
 
 def data_module(setting: Setting, cache: Path, blank: bool = False, scst: bool = False):
@@ -122,7 +126,7 @@ def run(setting: Setting, meteor: bool = False, seed: int = 0) -> dict[str, floa
         scst = CaptionModel(**{**model_settings(setting, data), "learning_rate": setting.scst_learning_rate,
                                                                 "warmup_steps": 5},
                             metric_tokenizer="simple", scst=True, init_from=str(checkpoint), scst_samples=5,
-                            scst_baseline=setting.scst_baseline)
+                            scst_baseline=setting.scst_baseline, scst_temperature=setting.scst_temperature)
         trainer(setting.scst_steps).fit(scst, data)
         scst.hparams.metric_tokenizer = "ptb"
         results["scst/before_cider"] = results["image/cider"]
@@ -144,9 +148,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small", action="store_true", help="the test's setting: smaller data, model and runs")
     parser.add_argument("--meteor", action="store_true", help="also METEOR (Java, ~16 s and ~1.4 GB per scoring)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--scst-baseline", choices=("greedy", "mean"), default="greedy", help="SCST's baseline")
-    parser.add_argument("--scst-lr", type=float, help="SCST's learning rate (default 3e-4)")
-    parser.add_argument("--scst-steps", type=int, help="SCST steps (default 60; --small 30)")
+    parser.add_argument("--scst-baseline", choices=("greedy", "mean"), default="mean", help="SCST's baseline")
+    parser.add_argument("--scst-lr", type=float, help="SCST's learning rate (default 5e-5)")
+    parser.add_argument("--scst-steps", type=int, help="SCST steps (default 60)")
+    parser.add_argument("--scst-temperature", type=float, help="SCST's sampling temperature (default 0.5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data order and initial weights")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -155,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
         setting = replace(setting, scst_steps=args.scst_steps)
     if args.scst_lr:
         setting = replace(setting, scst_learning_rate=args.scst_lr)
-    report(run(setting, meteor=args.meteor))
+    if args.scst_temperature:
+        setting = replace(setting, scst_temperature=args.scst_temperature)
+    report(run(setting, meteor=args.meteor, seed=args.seed))
 
 
 if __name__ == "__main__":
