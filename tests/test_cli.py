@@ -13,10 +13,11 @@ import yaml
 from tests.helpers import CONF, tiny, write_dialogue_episodes
 from xlab.cli import main
 
-# finetune-gpt2.yaml needs a pretrained folder (tests/interop/test_finetune.py runs it end to end on
-# one); caption recipes need image data and a caption model (tests/captions/test_recipes.py runs them).
+# finetune-gpt2.yaml and dialogue-gpt2.yaml need a pretrained folder (tests/interop/test_finetune.py
+# and tests/dialogue/test_gpt2.py run them end to end on one); caption recipes need image data and a
+# caption model (tests/captions/test_recipes.py runs them).
 RECIPES = sorted(p.name for p in CONF.glob("*.yaml")
-                 if p.name != "finetune-gpt2.yaml" and not p.name.startswith("caption"))
+                 if p.name not in ("finetune-gpt2.yaml", "dialogue-gpt2.yaml") and not p.name.startswith("caption"))
 
 
 def local_wikitext(tmp_path: Path, corpus_dir: Path) -> Path:
