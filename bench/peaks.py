@@ -51,16 +51,19 @@ def measured_peak(device: torch.device, dtype: str, n: int = 2048, repeats: int 
     a = torch.randn(n, n, device=device).to(torch_dtype)
     b = torch.randn(n, n, device=device).to(torch_dtype)
     a @ b
-    # CPU time on a CPU, like the benches' steps: a shared machine's waits for a core are not work.
-    clock = time.perf_counter if device.type == "cuda" else time.process_time
     best = float("inf")
     for _ in range(repeats):
-        _sync(device)
-        start = clock()
+        start = clock(device)
         a @ b
-        _sync(device)
-        best = min(best, clock() - start)
+        best = min(best, clock(device) - start)
     return 2 * n**3 / best
+
+
+def clock(device: torch.device) -> float:
+    """The benches' clock: wall time on a GPU, once its queued work is done; on a CPU the process's
+    CPU time, since the runs are single-threaded and a shared machine's waits for a core are not work."""
+    sync(device)
+    return time.perf_counter() if device.type == "cuda" else time.process_time()
 
 
 def dense_peak(device: torch.device, precision: str) -> tuple[float, str]:
@@ -78,6 +81,6 @@ def dense_peak(device: torch.device, precision: str) -> tuple[float, str]:
                       f"{measured / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} thread(s))")
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -33,6 +33,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from bench.peaks import clock  # noqa: E402
+
 SHAPES = {
     "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
     "small": dict(vocab_size=8192, n_positions=512, n_embd=256, n_layer=4, n_head=4),
@@ -80,13 +82,6 @@ def run_hf(model, prompts: torch.Tensor, new_tokens: int, sample: bool, seed: in
     out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
                          min_new_tokens=new_tokens, pad_token_id=0, **options)
     return out[:, prompts.shape[1]:].numel()
-
-
-def clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return time.perf_counter()
-    return time.process_time()
 
 
 def timed(run, model, *args) -> tuple[float, int]:

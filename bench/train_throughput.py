@@ -31,15 +31,13 @@ import csv
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
 
-from bench.peaks import dense_peak  # noqa: E402
+from bench.peaks import clock, dense_peak, sync  # noqa: E402
 
 SHAPES = {
     "small": dict(vocab_size=8192, n_layer=6, n_head=6, n_embd=384),  # ~10M parameters + embeddings
@@ -82,17 +80,6 @@ def make_batches(vocab: int, count: int, batch_size: int, max_len: int) -> list[
 
 def loader(batches, device: torch.device):
     return torch.utils.data.DataLoader(batches, batch_size=None, pin_memory=device.type == "cuda")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def clock(device: torch.device) -> float:
-    """Wall time on a GPU; on a CPU the process's CPU time: the runs are single-threaded, so that
-    is the step's own work, while wall time on a shared machine also counts waits for a core."""
-    return time.perf_counter() if device.type == "cuda" else time.process_time()
 
 
 def autocast(device: torch.device, precision: str):
