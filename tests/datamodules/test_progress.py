@@ -9,6 +9,7 @@ from tests.helpers import TOKENIZER_SIZE
 from tests.helpers import xlab_data as make
 from xlab.datamodules.encode import build_encoded_corpus_
 from xlab.datamodules.progress import BuildProgress
+from xlab.datamodules import XLabDataModule
 from xlab.datamodules.sources import build_source
 
 STEPS = ("reading + tokenizer", "encoding", "unigram baseline")
@@ -17,7 +18,8 @@ STEPS = ("reading + tokenizer", "encoding", "unigram baseline")
 def build(corpus_dir, out, progress):
     out.mkdir()
     build_encoded_corpus_(out, [build_source({"kind": "text_folder", "path": str(corpus_dir)})],
-                          (0.9, 0.05, 0.025, 0.025), 0, {"vocab_size": TOKENIZER_SIZE}, progress=progress)
+                          (0.9, 0.05, 0.025, 0.025), 0, XLabDataModule(vocab_size=TOKENIZER_SIZE).make_tokenizer,
+                          progress=progress)
 
 
 def test_plain_lines_report_each_step_with_counts_rate_and_time_left(corpus_dir, tmp_path):

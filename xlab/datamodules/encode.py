@@ -44,17 +44,12 @@ def documents(sources: Sequence[Source], max_documents: int | None = None) -> It
 
 
 def build_encoded_corpus_(out: Path, sources: Sequence[Source], fractions: Sequence[float], salt: int,
-                          make_tokenizer: Callable[[Iterable[str]], Any] | dict[str, Any],
+                          make_tokenizer: Callable[[Iterable[str]], Any],
                           max_documents: int | None = None, section_bytes: int | None = None,
                           progress: BuildProgress | None = None) -> None:
-    """`make_tokenizer(train_texts)` returns the tokenizer (a data module's `make_tokenizer`); a
-    dict instead is taken as sentencepiece training settings. section_bytes: documents longer than
-    this are cut into sections before the split (see sections.py); progress: how each step reports
-    (default: bars on a terminal, else log lines)."""
-    if isinstance(make_tokenizer, dict):
-        settings = make_tokenizer
-        make_tokenizer = lambda texts: Tokenizer.train(  # noqa: E731
-            (line for text in texts for line in text.splitlines()), **settings)
+    """`make_tokenizer(train_texts)` returns the tokenizer (a data module's `make_tokenizer`).
+    section_bytes: documents longer than this are cut into sections before the split (see
+    sections.py); progress: how each step reports (default: bars on a terminal, else log lines)."""
     with progress or BuildProgress() as shown:
         _build_encoded_corpus_(out, sources, fractions, salt, make_tokenizer, max_documents, section_bytes, shown)
 
