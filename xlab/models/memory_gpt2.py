@@ -42,6 +42,7 @@ from xlab.models.blocks import position_ids
 from xlab.models.lm import LanguageModel
 from xlab.models.memory_access import MemoryAccess
 from xlab.models.memory_cache import MemoryCache
+from xlab.models.memory_telemetry import MemoryTelemetry
 
 # A token votes on an entry only if it gave the entry at least this weight when reading.
 VOTE_THRESHOLD = 0.1
@@ -156,7 +157,13 @@ class MemoryGPT2(LanguageModel):
         self.memory_loss: Tensor | None = None
         self.lm_logits: Tensor | None = None  # the last forward pass's language-model logits ...
         self.mixture: tuple[Tensor, Tensor, Tensor] | None = None  # ... and its read (normalizer, shares, tokens)
-        self.telemetry: dict[str, float] = {}
+        self.memory_telemetry = MemoryTelemetry()
+
+    @property
+    def telemetry(self) -> dict[str, Tensor | float]:
+        """The last pass's store, delete and hit rates (device tensors) and the memory's
+        occupancy and mean age now; training logs their means every `log_every_n_steps`."""
+        return self.memory_telemetry.last_pass(self.memory.entries) if self.memory is not None else {}
 
     def _build_transformer(self) -> GPT2Model:
         hp = self.hparams
@@ -281,7 +288,7 @@ class MemoryGPT2(LanguageModel):
                                          VOTE_THRESHOLD)
         removals = [self.memory.settle_votes(deleted, cast)]
         cost = hp.keep_cost * (1 - votes).sum() / max(1, len(votes))
-        self.telemetry["delete_rate"] = float(deleted.float().mean()) if len(votes) else 0.0
+        delete_rate = deleted.float().mean() if len(votes) else votes.new_zeros(())
 
         # The entry at position t: the context ending at t - 1 and the token t that followed;
         # position 0 completes the row's last entry of the previous pass.
@@ -310,8 +317,10 @@ class MemoryGPT2(LanguageModel):
             stores = (draws < p.detach()) & proposes
         else:
             stores = (p.detach() > 0.5) & proposes
-        if proposes.any():
-            cost = cost + hp.store_cost * p[proposes].mean()
+        # The mean store probability of the proposals (none: 0), without asking whether any.
+        proposed = proposes.sum()
+        store_probability = torch.where(proposes, p, 0.0).sum() / proposed.clamp(min=1)
+        cost = cost + hp.store_cost * store_probability
         new_ids = self.memory.add(entries[stores], age=self.training)
         if hp.forget_documents:
             removals.append(self.memory.close_documents(ends, stores, new_ids))
@@ -319,17 +328,13 @@ class MemoryGPT2(LanguageModel):
         self.memory.advance(documents, ends)
         self.memory_loss = cost
 
-        stats = self.memory.entries.stats()
         attention, valid = readout.attention, readout.valid
         reading = valid.any(-1)
         on_memory = attention[..., 1:].amax(-1) > attention[..., 0]
-        self.telemetry.update(
-            occupancy=stats["occupancy"], mean_age=stats["mean_age"],
-            store_rate=float(stores.sum() / proposes.sum().clamp(min=1)),
-            store_probability=float(p.detach()[proposes].mean()) if proposes.any() else 0.0,
-            hit_rate=float((on_memory & reading).sum() / max(1, reading.numel())),
-            reliance=float(readout.shares.detach().sum(-1).mean()),
-        )
+        self.memory_telemetry.record(
+            self.training, store_rate=stores.sum() / proposed.clamp(min=1), store_probability=store_probability,
+            delete_rate=delete_rate, hit_rate=(on_memory & reading).sum() / max(1, reading.numel()),
+            reliance=readout.shares.detach().sum(-1).mean())
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip the transformer's and the memory's gradient norms apart, so that the memory never
@@ -387,7 +392,9 @@ class MemoryGPT2(LanguageModel):
         loss = super()._common_step(batch, stage)
         if stage == "train" and self.memory is not None:
             size = batch["input_ids"].shape[0]
-            self.log_dict({f"memory/{name}": value for name, value in self.telemetry.items()}, batch_size=size)
+            if self._logs_this_step():
+                telemetry = self.memory_telemetry.drain(self.memory.entries)
+                self.log_dict({f"memory/{name}": value for name, value in telemetry.items()}, batch_size=size)
             self.log("train/lm_loss", lm := self.lm_loss(batch["labels"]), batch_size=size)
             loss = loss + lm + (self.memory_loss if self.memory_loss is not None else 0.0)
         return loss
