@@ -33,12 +33,12 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import GPT2Config, GPT2Model
 
 from xlab.datamodules.datasets import IGNORE_INDEX
 from xlab.errors import XLabError
 from xlab.memory import MemoryStore, PendingDeletes
 from xlab.models.blocks import position_ids
+from xlab.models.gpt2_backbone import gpt2_transformer
 from xlab.models.lm import LanguageModel
 from xlab.models.memory_access import MemoryAccess
 from xlab.models.memory_cache import MemoryCache
@@ -135,7 +135,7 @@ class MemoryGPT2(LanguageModel):
         vocab_size = self.hparams.vocab_size
         if n_embd % n_head:
             raise XLabError(f"model n_embd={n_embd} is not divisible by n_head={n_head}: change one of them.")
-        self.transformer = self._build_transformer()
+        self.transformer = gpt2_transformer(self.hparams)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight
         self.access: MemoryAccess | None = None
@@ -164,42 +164,6 @@ class MemoryGPT2(LanguageModel):
         """The last pass's store, delete and hit rates (device tensors) and the memory's
         occupancy and mean age now; training logs their means every `log_every_n_steps`."""
         return self.memory_telemetry.last_pass(self.memory.entries) if self.memory is not None else {}
-
-    def _build_transformer(self) -> GPT2Model:
-        hp = self.hparams
-        if hp.pretrained_path is None:
-            config = GPT2Config(vocab_size=hp.vocab_size, n_positions=hp.max_len, n_embd=hp.n_embd, n_layer=hp.n_layer,
-                                n_head=hp.n_head, resid_pdrop=hp.dropout, embd_pdrop=hp.dropout, attn_pdrop=hp.dropout,
-                                bos_token_id=hp.sos_id, eos_token_id=hp.eos_id, pad_token_id=hp.pad_id)
-            return GPT2Model(config)
-        try:
-            model = GPT2Model.from_pretrained(hp.pretrained_path, attn_implementation="sdpa")
-        except (OSError, ValueError) as error:
-            raise XLabError(f"pretrained_path {hp.pretrained_path} is not a GPT-2 directory: "
-                            f"{str(error).splitlines()[0]}") from None
-        c = model.config
-        # The data's special tokens added to GPT-2's tokenizer (added_tokens) grow the embedding.
-        added = int(hp.get("added_tokens", 0))
-        mine = (hp.vocab_size - added, hp.n_layer, hp.n_head, hp.n_embd)
-        if (c.vocab_size, c.n_layer, c.n_head, c.n_embd) != mine or c.n_positions < hp.max_len:
-            raise XLabError(
-                f"pretrained GPT-2 at {hp.pretrained_path} has vocab_size={c.vocab_size}, n_layer={c.n_layer}, "
-                f"n_head={c.n_head}, n_embd={c.n_embd}, n_positions={c.n_positions}; the model asks for "
-                f"vocab_size={hp.vocab_size}, n_layer={hp.n_layer}, n_head={hp.n_head}, n_embd={hp.n_embd}, "
-                f"max_len={hp.max_len}" + (f" with {added} added special tokens" if added else "")
-                + ": set them to match (the data's tokenizer must be the model's).")
-        if added:
-            rows = model.wte.weight.detach()
-            grown = torch.cat([rows, rows.mean(0, keepdim=True).expand(added, -1)])
-            model.wte = nn.Embedding.from_pretrained(grown.clone(), freeze=False)
-            c.vocab_size = hp.vocab_size
-        # Cut positions to max_len so a checkpoint rebuilds from hparams alone, with no directory.
-        model.wpe = nn.Embedding.from_pretrained(model.wpe.weight[: hp.max_len].clone(), freeze=False)
-        c.n_positions = hp.max_len
-        for module in model.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = hp.dropout
-        return model
 
     def compile_target(self) -> nn.Module:
         return self.transformer  # the memory's faiss calls stay eager
