@@ -53,7 +53,7 @@ class MemoryStore(nn.Module):
         every, offset = gather_rows(vectors.detach().float())
         if not len(every):
             return torch.empty(0, dtype=torch.long, device=vectors.device)
-        ids = self.entries.add(every.cpu())
+        ids = self.entries.add(every)  # on its device still: a device copy of the memory takes it from there
         return ids[offset: offset + len(vectors)].to(vectors.device)
 
     def remove(self, ids: Tensor) -> None:

@@ -277,7 +277,9 @@ class MemoryGPT2(LanguageModel):
             self.memory.carry = last
         p = self.access.store_probability(entries[..., : self.access.memory_dim])  # (B, T)
         if self.training:  # drawn from the memory's own generator: the transformer's dropout draws stay as without it
-            draws = torch.rand(p.shape, generator=self.memory.draws).to(p.device)
+            draws = torch.rand(p.shape, generator=self.memory.draws)
+            if p.device.type == "cuda":  # a pinned copy goes over without waiting for the device's queue
+                draws = draws.pin_memory().to(p.device, non_blocking=True)
             stores = (draws < p.detach()) & proposes
         else:
             stores = (p.detach() > 0.5) & proposes
