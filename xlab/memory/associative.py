@@ -340,6 +340,7 @@ class AssociativeMemory:
         self._pending.add_with_ids(live, self._live_ids)
         self._index, self._pending = self._pending, None
         self._removable = indexes.supports_removal(self._index)
+        self._device_copy.drop()  # searches go to the trained index from now on
         self._changed()
 
     def _forget(self, slots: np.ndarray) -> None:

@@ -78,7 +78,9 @@ class MemoryGPT2(LanguageModel):
         num_search_results: Entries retrieved per token (k).
         forgetfulness_factor, min_weight, eviction: Each training step multiplies entry weights
             by 1 - forgetfulness_factor and drops those under min_weight.
-        memory_device: Where faiss searches: auto (a GPU when faiss sees one), cpu or cuda.
+        memory_device: auto or cuda: a model on a GPU searches there (an exact index as a matmul
+            over a device copy, others through a faiss GPU copy when faiss sees a GPU); cpu: always
+            the host faiss index.
         memory_scope: document (a token reads only entries of its own document, written before
             it: what an honest evaluation needs) or all (any entry, e.g. the training memory
             read when sampling).
