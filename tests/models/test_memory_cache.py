@@ -25,11 +25,12 @@ def test_the_preallocated_cache_gives_what_the_growing_one_gives():
     ids = torch.randint(0, 30, (3, 12), generator=torch.Generator().manual_seed(1))
     cache, growing = gpt.new_cache(3, max_len=8), DynamicCache(config=gpt.transformer.config)
     assert isinstance(cache, MemoryCache)
-    torch.testing.assert_close(step(gpt, cache.layers, ids[:, :4], 0), step(gpt, growing, ids[:, :4], 0), rtol=0, atol=0)
+    exact = dict(rtol=0, atol=0)
+    torch.testing.assert_close(step(gpt, cache.layers, ids[:, :4], 0), step(gpt, growing, ids[:, :4], 0), **exact)
     buffer = cache.layers.layers[0]._keys.data_ptr()
     for t in range(4, 10):  # past max_len=8 from t=8: the buffers grow
         mine, theirs = step(gpt, cache.layers, ids[:, t: t + 1], t), step(gpt, growing, ids[:, t: t + 1], t)
-        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+        torch.testing.assert_close(mine, theirs, **exact)
         if t < 8:
             assert cache.layers.layers[0]._keys.data_ptr() == buffer  # written in place, not reallocated
     assert cache.length == 10
@@ -41,4 +42,4 @@ def test_the_preallocated_cache_gives_what_the_growing_one_gives():
     cache.reset()
     assert cache.length == 0 and cache.replaying
     fresh = DynamicCache(config=gpt.transformer.config)
-    torch.testing.assert_close(step(gpt, cache.layers, ids[:, 2:6], 0), step(gpt, fresh, ids[:, 2:6], 0), rtol=0, atol=0)
+    torch.testing.assert_close(step(gpt, cache.layers, ids[:, 2:6], 0), step(gpt, fresh, ids[:, 2:6], 0), **exact)

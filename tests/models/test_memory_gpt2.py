@@ -367,7 +367,8 @@ def test_training_logs_the_memory_telemetry_every_n_steps(tmp_path):
             assert logged == (steps[step - 1][2] if step else {})
             continue
         for name in names:  # the means of the two passes since the last log; the memory's state now
-            want = telemetry[name] if name in ("occupancy", "mean_age") else (steps[step - 1][0][name] + telemetry[name]) / 2
+            now, before = telemetry[name], steps[step - 1][0][name]
+            want = now if name in ("occupancy", "mean_age") else (before + now) / 2
             assert float(logged[f"memory/{name}"]) == pytest.approx(want, rel=1e-6), name
     assert [entries for _, entries, _ in steps] == sorted(entries for _, entries, _ in steps)  # it fills up
     assert steps[-1][0]["hit_rate"] > 0  # later steps find what earlier ones wrote

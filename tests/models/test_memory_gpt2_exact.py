@@ -56,7 +56,8 @@ def memory_facts(model: MemoryGPT2) -> dict:
     return {"ids": state["ids"].tolist(), "vectors": digest(state["vectors"]), "weights": digest(state["weights"]),
             "ages": state["ages"].tolist(), "next_id": int(state["next_id"]),
             "pending": state["pending_ids"].tolist() if "pending_ids" in state else None,
-            "open": [list(pair) for pair in sorted(zip(state["open_rows"].tolist(), state["open_ids"].tolist()))] if "open_ids" in state else [],
+            "open": sorted([row, i] for row, i in zip(state["open_rows"].tolist(), state["open_ids"].tolist()))
+            if "open_ids" in state else [],
             "rows": state["rows"].tolist(), "next_serial": int(state["next_serial"])}
 
 

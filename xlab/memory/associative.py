@@ -406,9 +406,9 @@ class AssociativeMemory:
         self._gpu.invalidate()
 
     def _on_device(self, queries) -> bool:
-        """Whether to search on the queries' device: a GPU, an exact index, and no tombstones."""
-        return (isinstance(queries, torch.Tensor) and queries.device.type in SEARCH_ON_DEVICE_TYPES and self.device != "cpu"
-                and self._removable and indexes.is_exact(self._index))
+        """Whether to search on the queries' device: a GPU allowed by `device`, and an exact index."""
+        on_gpu = isinstance(queries, torch.Tensor) and queries.device.type in SEARCH_ON_DEVICE_TYPES
+        return on_gpu and self.device != "cpu" and indexes.is_exact(self._index)
 
     def _check_shape(self, t: torch.Tensor, name: str) -> None:
         if t.ndim != 2 or t.shape[1] != self.dim:
