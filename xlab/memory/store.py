@@ -140,7 +140,7 @@ class MemoryStore(nn.Module):
             extra = count - len(self.rows)
             fresh = (self.next_serial + torch.arange(extra, device=self.rows.device)) * world + rank
             self.rows = torch.cat([self.rows, fresh])
-            self.next_serial += extra
+            self.next_serial = self.next_serial + extra  # a new tensor: saved states may hold the old one
         return self.rows.clone()
 
     def take_carry(self, rows: int) -> Tensor | None:
