@@ -7,7 +7,7 @@ scenarios cover training with sampled store decisions, delete votes, ended docum
 padding, an ivf memory that trains mid-run, greedy, sampled and beam decoding that writes
 through a sliding window, and a memory state saved by that implementation.
 
-    python -m tests.models.test_memory_gpt2_exact   # re-records the reference (only on purpose)
+    python -m tests.models.test_memory_gpt2_exact --record   # re-records the reference (only on purpose)
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from xlab import inference
+from xlab.files import write_text_, written_aside_
 from xlab.models.memory_gpt2 import MemoryGPT2
 
 HERE = Path(__file__).resolve().parent
@@ -133,15 +134,16 @@ def test_a_memory_state_saved_before_loads_and_continues_exactly(reference):
     assert result == reference["saved_state"]
 
 
-def record() -> None:
+def record_() -> None:
     torch.set_num_threads(1)  # as the test suite runs (tests/conftest.py): matmuls round per thread count
     results = scenarios()
     results["saved_state"], state = saved_state_scenario(None)
-    torch.save(state, SAVED_STATE)
+    with written_aside_(SAVED_STATE) as tmp:
+        torch.save(state, tmp)
     result, _ = saved_state_scenario(torch.load(SAVED_STATE, weights_only=True))
     results["saved_state"] = result
-    REFERENCE.write_text(json.dumps(results, indent=1) + "\n")
+    write_text_(REFERENCE, json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__" and "--record" in sys.argv:
-    record()
+    record_()
