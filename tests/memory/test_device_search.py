@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from xlab.memory import AssociativeMemory, associative
+from xlab.memory import AssociativeMemory, associative, device_search
 from xlab.memory.selection import GatherBuffer
 
 DIM = 12
@@ -95,3 +95,14 @@ def test_the_gather_buffer_is_reused_only_when_nobody_holds_the_last_result():
     third = gather.take(table, np.array([[5, 6]]))  # the previous result was dropped
     assert third.__array_interface__["data"][0] == address  # ... so its buffer was written again
     assert torch.equal(torch.from_numpy(third), torch.from_numpy(table[[5, 6]])[None])
+
+
+def test_a_large_query_batch_is_scored_a_block_at_a_time_with_the_same_result(monkeypatch):
+    memory = AssociativeMemory(64, DIM)
+    memory.add(randn(50, seed=11))
+    queries = randn(10, seed=12)
+    host, whole = both_paths(memory, queries, 4, monkeypatch)
+    monkeypatch.setattr(device_search, "SCORE_CELLS", 3 * 64)  # three queries per block
+    _, blocks = both_paths(memory, queries, 4, monkeypatch)
+    assert_same(host, blocks)
+    assert_same(whole, blocks)

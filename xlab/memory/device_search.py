@@ -13,6 +13,10 @@ import torch
 from torch import Tensor
 
 
+# Most scores computed at once (queries x stored entries): 512 MiB of float32.
+SCORE_CELLS = 2**27
+
+
 class DeviceFlatSearch:
     """A copy of the memory's slots (vectors and ids, -1 where empty) on one device."""
 
@@ -48,6 +52,14 @@ class DeviceFlatSearch:
         """(vectors (B, k, D), scores (B, k), ids (B, k), valid (B, k)) of the k best live slots,
         as faiss scores them: inner products, or squared L2 distances (smallest first)."""
         q = queries.detach().float()
+        # A block of queries at a time, so the (queries x capacity) scores stay within SCORE_CELLS.
+        step = max(1, SCORE_CELLS // self.vectors.shape[0])
+        parts = [self._search(q[start: start + step], k) for start in range(0, len(q), step)]
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(torch.cat(columns) for columns in zip(*parts))
+
+    def _search(self, q: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         similarity = q @ self.vectors.T  # (B, capacity)
         if self.metric == "l2":  # rank by -|q - v|^2 = 2 q.v - |v|^2 - |q|^2
             similarity = 2 * similarity - self.vectors.square().sum(1) - q.square().sum(1, keepdim=True)
