@@ -74,7 +74,7 @@ def train(model: MemoryGPT2, steps: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss).hex())
+        losses.append(float(loss.detach()).hex())
         telemetry.append({name: float(value).hex() for name, value in sorted(model.telemetry.items())})
     return {"losses": losses, "telemetry": telemetry, "memory": memory_facts(model)}
 
