@@ -116,7 +116,7 @@ def saved_state_scenario(state: dict | None) -> dict:
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    return json.loads(REFERENCE.read_text())
+    return read_reference()
 
 
 @pytest.mark.parametrize("name", ["flat", "ivf", "all_scope"])
@@ -142,7 +142,22 @@ def record_() -> None:
         torch.save(state, tmp)
     result, _ = saved_state_scenario(torch.load(SAVED_STATE, weights_only=True))
     results["saved_state"] = result
-    write_text_(REFERENCE, json.dumps(results, indent=1) + "\n")
+    write_text_(REFERENCE, as_json(results))
+
+
+def as_json(results: dict) -> str:
+    """One line per scenario and part: reviewable in a diff, without a line per id."""
+    lines = [f"  {json.dumps(f'{name}/{part}')}: {json.dumps(value)}"
+             for name, parts in results.items() for part, value in parts.items()]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def read_reference() -> dict:
+    results = {}
+    for key, value in json.loads(REFERENCE.read_text()).items():
+        name, part = key.split("/")
+        results.setdefault(name, {})[part] = value
+    return results
 
 
 if __name__ == "__main__" and "--record" in sys.argv:
