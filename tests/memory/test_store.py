@@ -74,9 +74,9 @@ def test_settling_acts_on_the_waiting_votes_and_lets_the_new_ones_wait():
     s.waiting_votes(torch.zeros(1, 4), torch.zeros(1, DIM))
     cast = votes([0, 5])
     deleted = s.settle_votes(torch.tensor([True, False, True]), cast)
-    assert deleted.tolist() == [1, 4] and s.pending is cast
+    assert deleted.tolist() == [1, -1, 4] and s.pending is cast  # -1: a vote that did not carry
     assert live_ids(s) == list(range(6))  # settling decides; removing is the model's next call
-    assert s.settle_votes(torch.tensor([False, False]), None).tolist() == [] and s.pending is None
+    assert s.settle_votes(torch.tensor([False, False]), None).tolist() == [-1, -1] and s.pending is None
 
 
 def test_votes_from_reads_average_the_readers_states_by_their_weights():
@@ -105,6 +105,10 @@ def test_lookup_finds_the_vote_of_each_id():
 
 
 # --- documents ----------------------------------------------------------------------------------
+def open_documents(s: MemoryStore) -> dict[int, list[int]]:
+    return {row: ids.tolist() for row, ids in s.open_documents.items()}
+
+
 def test_close_documents_returns_what_an_eos_ended_and_keeps_the_rest_open():
     s = store()
     # Row 0 stores at positions 0, 2, 3 and ends a document at 2; row 1 stores at 1, 3, no eos.
@@ -112,12 +116,12 @@ def test_close_documents_returns_what_an_eos_ended_and_keeps_the_rest_open():
     ends = torch.tensor([[False, False, True, False], [False, False, False, False]])
     new_ids = s.add(rows(5), age=False)  # row-major: row 0 -> 0, 1, 2; row 1 -> 3, 4
     assert s.close_documents(ends, stored, new_ids).tolist() == [0, 1]
-    assert {row: torch.cat(parts).tolist() for row, parts in s.open_documents.items()} == {0: [2], 1: [3, 4]}
+    assert open_documents(s) == {0: [2], 1: [3, 4]}
     # Next block: row 1 ends at its first position, which stored nothing; row 0 goes on.
     stored, ends = torch.tensor([[True, False], [False, True]]), torch.tensor([[False, False], [True, False]])
     new_ids = s.add(rows(2, seed=1), age=False)  # 5 (row 0), 6 (row 1)
     assert sorted(s.close_documents(ends, stored, new_ids).tolist()) == [3, 4]
-    assert {row: torch.cat(parts).tolist() for row, parts in s.open_documents.items()} == {0: [2, 5], 1: [6]}
+    assert open_documents(s) == {0: [2, 5], 1: [6]}
 
 
 # --- starting over ------------------------------------------------------------------------------
@@ -125,7 +129,7 @@ def filled() -> MemoryStore:
     s = store()
     s.add(rows(4), age=False)
     s.pending = votes([1, 3])
-    s.open_documents = {0: [torch.tensor([2])], 1: [torch.tensor([0]), torch.tensor([3])]}
+    s.open_rows, s.open_ids = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 3])
     return s
 
 
@@ -148,12 +152,12 @@ def test_a_new_epoch_empties_the_memory_only_when_asked_and_only_once():
 
 def test_set_aside_starts_empty_and_put_back_restores_everything():
     s = filled()
-    digest, pending, documents = s.digest(), s.pending, s.open_documents
+    digest, pending, documents = s.digest(), s.pending, open_documents(s)
     s.set_aside()
     assert len(s.entries) == 0 and s.pending is None and s.open_documents == {}
     s.add(rows(3, seed=2), age=True)
     s.put_back()
-    assert s.digest() == digest and s.pending is pending and s.open_documents is documents
+    assert s.digest() == digest and s.pending is pending and open_documents(s) == documents
     s.put_back()  # nothing set aside: nothing changes
     assert s.digest() == digest
 
@@ -180,7 +184,7 @@ def test_extra_state_carries_entries_votes_documents_and_epoch_through_a_weights
     assert restored.digest() == s.digest() and restored.epoch == 3
     for name in ("ids", "states", "entries"):
         assert torch.equal(getattr(restored.pending, name), getattr(s.pending, name)), name
-    assert {row: torch.cat(parts).tolist() for row, parts in restored.open_documents.items()} == {0: [2], 1: [0, 3]}
+    assert open_documents(restored) == {0: [2], 1: [0, 3]}
     empty = store()
     restored.load_state_dict(empty.state_dict())  # a state without votes or documents clears them
     assert restored.pending is None and restored.open_documents == {} and restored.epoch == 0

@@ -343,26 +343,33 @@ def test_validation_starts_empty_and_leaves_the_training_memory_alone(tmp_path):
     assert metrics["val/answer_accuracy"] == pytest.approx(correct / answers, abs=1e-6)
 
 
-def test_training_logs_the_memory_telemetry(tmp_path):
+def test_training_logs_the_memory_telemetry_every_n_steps(tmp_path):
     data = recall_data(tmp_path)
     data.prepare_data()
     steps = []
 
     class Record(L.Callback):  # what the model measured at each training step
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            steps.append((dict(pl_module.telemetry), size(pl_module), dict(trainer.callback_metrics)))
+            measured = {name: float(value) for name, value in pl_module.telemetry.items()}
+            logged = {name: float(v) for name, v in trainer.callback_metrics.items() if name.startswith("memory/")}
+            steps.append((measured, size(pl_module), logged))
 
     model = MemoryGPT2(vocab_size=data.vocab_size, max_len=12, n_layer=1, n_head=2, n_embd=32, memory_size=500,
                        memory_device="cpu", forget_documents=False)  # kept, so that it only fills up
-    trainer(tmp_path, callbacks=[Record()]).fit(model, datamodule=data)
+    trainer(tmp_path, callbacks=[Record()], log_every_n_steps=2).fit(model, datamodule=data)
     names = {"occupancy", "store_rate", "delete_rate", "hit_rate", "mean_age", "reliance", "store_probability"}
     assert len(steps) == 6
-    for telemetry, entries, logged in steps:
+    for step, (telemetry, entries, logged) in enumerate(steps):
         assert set(telemetry) == names
-        for name in names:
-            assert float(logged[f"memory/{name}"]) == pytest.approx(telemetry[name], rel=1e-6), name
         assert telemetry["occupancy"] == pytest.approx(entries / 500) and entries > 0
         assert 0 < telemetry["store_probability"] < 1 and 0 < telemetry["store_rate"] <= 1
+        if step % 2 == 0:  # not a logging step: nothing new reached the logger
+            assert logged == (steps[step - 1][2] if step else {})
+            continue
+        for name in names:  # the means of the two passes since the last log; the memory's state now
+            now, before = telemetry[name], steps[step - 1][0][name]
+            want = now if name in ("occupancy", "mean_age") else (before + now) / 2
+            assert float(logged[f"memory/{name}"]) == pytest.approx(want, rel=1e-6), name
     assert [entries for _, entries, _ in steps] == sorted(entries for _, entries, _ in steps)  # it fills up
     assert steps[-1][0]["hit_rate"] > 0  # later steps find what earlier ones wrote
 
@@ -400,7 +407,7 @@ def test_state_summary_and_clear_state_speak_for_the_memory():
     assert model.state_summary() == {"memory_entries": 0}
     model(tokens())
     model(tokens())  # casts delete votes on what it read
-    model.memory.open_documents[0] = [torch.tensor([1])]
+    assert len(model.memory.open_ids) > 0  # no eos yet: every entry still belongs to an open document
     assert model.state_summary() == {"memory_entries": size(model)} and size(model) > 0
     assert model.memory.pending is not None
     next_id = int(model.memory.entries.state_dict()["next_id"])

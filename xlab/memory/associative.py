@@ -15,9 +15,14 @@ import torch
 from xlab.errors import XLabError
 from xlab.memory import indexes
 from xlab.memory.checks import check_choice, check_float, check_int
+from xlab.memory.device_search import DeviceFlatSearch
+from xlab.memory.selection import GatherBuffer, padded, select, select_skipping_tombstones
 
 EVICTIONS = ("lowest_weight", "oldest")
 DEVICES = ("auto", "cpu", "cuda")
+# Devices whose queries are answered where they live (see the class docstring); a CPU query
+# goes to faiss, which searches the host arrays faster than torch does.
+SEARCH_ON_DEVICE_TYPES = frozenset({"cuda"})
 COUNTERS = ("adds", "removes", "evictions", "faded", "searches")
 STATE_KEYS = (
     "memory_size", "memory_dim", "index_type", "metric", "ids", "vectors", "ages", "weights",
@@ -59,9 +64,12 @@ class AssociativeMemory:
     ages every entry and multiplies its weight (1.0 at insertion unless given) by
     `1 - forgetfulness_factor`; entries below `min_weight` are dropped.
 
-    On `device` "auto"/"cuda" with a GPU visible to faiss, searches run on a GPU copy of the
-    index; the CPU index stays the one that is mutated and saved, and the GPU copy is re-made
-    on the first search after a change (faiss GPU indexes cannot remove entries).
+    Queries on a GPU (with `device` "auto" or "cuda") are answered there: an exact index
+    (flat, or the stand-in before training) as a matmul and top-k over a device copy of the
+    stored vectors, updated in place by adds and removals, so nothing crosses to the host;
+    other indexes through a faiss GPU copy when faiss sees a GPU, which adds update in place
+    and removals re-make (faiss GPU indexes cannot remove). The host arrays and the CPU index
+    stay the ones that are aged, evicted and saved.
     """
 
     def __init__(
@@ -107,7 +115,10 @@ class AssociativeMemory:
             hnsw_ef_search=check_int("hnsw_ef_search", hnsw_ef_search, 1),
         )
         self._train_multiple = check_int("train_multiple", train_multiple, 1)
-        self._gpu = indexes.GpuSearcher(check_choice("device", device, DEVICES))
+        self.device = check_choice("device", device, DEVICES)
+        self._gpu = indexes.GpuSearcher(self.device)
+        self._device_copy = DeviceFlatSearch(self.metric)
+        self._gathered = GatherBuffer(self.dim)
         self._next_id = 0
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._clear()
@@ -154,6 +165,10 @@ class AssociativeMemory:
             self._counters["evictions"] += overflow
         if len(new_ids):
             slots = np.flatnonzero(self._slot_ids < 0)[: len(new_ids)]
+            if not len(self):  # an empty memory fills slots 0.. in id order
+                self._offset = int(new_ids[0])
+            elif self._offset is not None and new_ids[0] - self._offset != slots[0]:
+                self._offset = None
             self._vectors[slots] = x
             self._slot_ids[slots] = new_ids
             self._ages[slots] = 0
@@ -162,17 +177,23 @@ class AssociativeMemory:
             self._live_ids = np.concatenate([self._live_ids, new_ids])
             self._live_slots = np.concatenate([self._live_slots, slots])
             self._insert(x, new_ids)
-            self._changed()
+            self._device_copy.write(slots, torch.as_tensor(vectors)[-len(new_ids):], new_ids)
             self._train_when_ready()
         return torch.from_numpy(ids).to(_device_of(vectors))
 
     def search(self, queries: torch.Tensor, k: int | None = None) -> MemoryReadout:
         """The k nearest stored entries for each query (B, D), best first."""
-        q = self._as_matrix(queries, "queries")
         k = self.num_search_results if k is None else check_int("k", k, 1)
+        if self._on_device(queries):
+            self._check_shape(queries, "queries")
+            self._counters["searches"] += len(queries)
+            if not self._device_copy.ready_for(queries.device):
+                self._device_copy.load(self._vectors, self._slot_ids, queries.device)
+            return MemoryReadout(*self._device_copy.search(queries, k))
+        q = self._as_matrix(queries, "queries")
         self._counters["searches"] += len(q)
         labels, scores, slots, valid = self._select(q, k)
-        vectors = self._vectors[slots]
+        vectors = self._gathered.take(self._vectors, slots)
         if not valid.all():
             invalid = ~valid
             vectors[invalid] = 0.0
@@ -278,6 +299,8 @@ class AssociativeMemory:
         self._weights[:n] = state["weights"].to(torch.float32).numpy()
         order = np.argsort(ids, kind="stable")
         self._live_ids, self._live_slots = ids[order].copy(), slots[order]
+        if n and (ids == ids[0] + slots).all():
+            self._offset = int(ids[0])
         self._next_id = int(state["next_id"])
         indexes.configure(index, self._index_args["nprobe"], self._index_args["hnsw_ef_search"])
         self._index = index
@@ -297,6 +320,9 @@ class AssociativeMemory:
         # Live ids sorted ascending with their slots: id -> slot is one np.searchsorted.
         self._live_ids = np.empty(0, dtype=np.int64)
         self._live_slots = np.empty(0, dtype=np.int64)
+        # While nothing was removed, id i sits in slot i - offset; None once slots have holes.
+        self._offset: int | None = None
+        self._device_copy.drop()
         target = indexes.build_index(self.index_type, **self._index_args)
         if target.is_trained:
             self._index, self._pending = target, None
@@ -314,6 +340,7 @@ class AssociativeMemory:
         self._pending.add_with_ids(live, self._live_ids)
         self._index, self._pending = self._pending, None
         self._removable = indexes.supports_removal(self._index)
+        self._device_copy.drop()  # searches go to the trained index from now on
         self._changed()
 
     def _forget(self, slots: np.ndarray) -> None:
@@ -327,11 +354,13 @@ class AssociativeMemory:
         self._slot_ids[slots] = -1
         self._weights[slots] = 0.0
         self._ages[slots] = 0
+        self._offset = None
+        self._device_copy.clear(slots)
+        self._changed()
         if self._removable:
             self._index.remove_ids(ids)
         elif self._tombstones() > self.tombstone_fraction * self._index.ntotal:
             self._rebuild()
-        self._changed()
 
     def _rebuild(self) -> None:
         # reset() keeps the graph parameters and any trained codebooks; only the entries go.
@@ -342,6 +371,7 @@ class AssociativeMemory:
     def _insert(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         indexes.reseed(self._index, int(ids[0]))
         self._index.add_with_ids(vectors, ids)
+        self._gpu.added(vectors, ids)
 
     def _tombstones(self) -> int:
         return 0 if self._removable else self._index.ntotal - len(self)
@@ -354,48 +384,20 @@ class AssociativeMemory:
 
     def _lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Slots for `ids` (any shape) and whether each id is live; needs a non-empty memory."""
+        if self._offset is not None:
+            slots = ids - self._offset
+            live = (slots >= 0) & (slots < len(self._live_ids))
+            return np.clip(slots, 0, len(self._live_ids) - 1, out=slots), live
         positions = np.minimum(np.searchsorted(self._live_ids, ids), len(self._live_ids) - 1)
         return self._live_slots[positions], self._live_ids[positions] == ids
 
     def _select(self, q: np.ndarray, k: int):
         """faiss search padded to (B, k): labels, scores, slots, valid."""
         if not len(self) or not len(q):
-            return _padded(len(q), k)
+            return padded(len(q), k)
         if self._tombstones():
-            return self._select_skipping_tombstones(q, k)
-        # Common case: every faiss hit is live, so its output is used as is (no copies).
-        scores, labels = self._faiss_search(q, min(k, len(self)))
-        slots, valid = self._lookup(labels)
-        if labels.shape[1] == k:
-            return labels, scores, slots, valid
-        out = _padded(len(q), k)
-        for padded, found in zip(out, (labels, scores, slots, valid)):
-            padded[:, : found.shape[1]] = found
-        return out
-
-    def _select_skipping_tombstones(self, q: np.ndarray, k: int):
-        """Over-fetch 2k and drop dead hits; rows still short of k live hits are searched again
-        with twice the fetch, until they fill up or the fetch covers the whole index."""
-        labels, scores, slots, valid = _padded(len(q), k)
-        total = self._index.ntotal
-        fetch = min(total, 2 * k)
-        rows = np.arange(len(q))
-        while True:
-            found_scores, found = self._faiss_search(q[rows], fetch)
-            found_slots, found_valid = self._lookup(found)
-            # Push dead hits behind the live ones without disturbing the ranking.
-            order = np.argsort(~found_valid, axis=1, kind="stable")[:, :k]
-            found, found_scores, found_slots, found_valid = (
-                np.take_along_axis(a, order, axis=1)
-                for a in (found, found_scores, found_slots, found_valid)
-            )
-            width = found.shape[1]
-            labels[rows, :width], scores[rows, :width] = found, found_scores
-            slots[rows, :width], valid[rows, :width] = found_slots, found_valid
-            short = found_valid.sum(axis=1) < min(k, len(self))
-            if fetch >= total or not short.any():
-                return labels, scores, slots, valid
-            rows, fetch = rows[short], min(total, 2 * fetch)
+            return select_skipping_tombstones(self._faiss_search, self._lookup, q, k, len(self), self._index.ntotal)
+        return select(self._faiss_search, self._lookup, q, k, len(self))
 
     def _faiss_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self._gpu.search(self._index, q, k)
@@ -403,10 +405,18 @@ class AssociativeMemory:
     def _changed(self) -> None:
         self._gpu.invalidate()
 
-    def _as_matrix(self, x: torch.Tensor, name: str) -> np.ndarray:
-        t = torch.as_tensor(x)
+    def _on_device(self, queries) -> bool:
+        """Whether to search on the queries' device: a GPU allowed by `device`, and an exact index."""
+        on_gpu = isinstance(queries, torch.Tensor) and queries.device.type in SEARCH_ON_DEVICE_TYPES
+        return on_gpu and self.device != "cpu" and indexes.is_exact(self._index)
+
+    def _check_shape(self, t: torch.Tensor, name: str) -> None:
         if t.ndim != 2 or t.shape[1] != self.dim:
             raise XLabError(f"{name} must have shape (N, {self.dim}), got {tuple(t.shape)}")
+
+    def _as_matrix(self, x: torch.Tensor, name: str) -> np.ndarray:
+        t = torch.as_tensor(x)
+        self._check_shape(t, name)
         return t.detach().to("cpu", torch.float32).contiguous().numpy()
 
     def _initial_weights(self, weights: torch.Tensor | None, n: int) -> np.ndarray:
@@ -416,16 +426,6 @@ class AssociativeMemory:
         if len(w) != n or not np.isfinite(w).all() or (w < 0).any():
             raise XLabError(f"weights must be {n} finite values >= 0, one per vector")
         return w
-
-
-def _padded(rows: int, k: int):
-    """Empty (labels, scores, slots, valid) results: id -1, score 0, invalid."""
-    return (
-        np.full((rows, k), -1, dtype=np.int64),
-        np.zeros((rows, k), dtype=np.float32),
-        np.zeros((rows, k), dtype=np.int64),
-        np.zeros((rows, k), dtype=bool),
-    )
 
 
 def _device_of(x) -> torch.device:

@@ -150,6 +150,14 @@ def train(index: faiss.Index, vectors: np.ndarray, spec: str) -> None:
         ) from None
 
 
+def is_exact(index: faiss.Index) -> bool:
+    """Brute force on the stored vectors themselves (what a matmul and a top-k reproduce): an
+    IndexFlat under id wrappers only, not under a transform."""
+    while isinstance(index, faiss.IndexIDMap):
+        index = faiss.downcast_index(index.index)
+    return isinstance(index, faiss.IndexFlat)
+
+
 def supports_removal(index: faiss.Index) -> bool:
     """Graph indexes (HNSW, NSG) raise on remove_ids; an empty removal tells us without
     changing anything."""
@@ -175,8 +183,9 @@ def gpu_available() -> bool:
 class GpuSearcher:
     """Runs searches on a GPU copy of the CPU index when faiss sees a GPU, else on the CPU.
 
-    The CPU index stays the one that is mutated and saved: faiss GPU indexes cannot remove
-    entries, so the copy is dropped on every change and re-made by the next search.
+    The CPU index stays the one that is mutated and saved. Adds reach the copy in place; faiss
+    GPU indexes cannot remove entries, so a removal (or training) drops the copy and the next
+    search makes it again.
     """
 
     def __init__(self, device: str) -> None:
@@ -188,6 +197,16 @@ class GpuSearcher:
 
     def invalidate(self) -> None:
         self._copy = None
+
+    def added(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """The CPU index gained these entries: add them to the GPU copy in place rather than
+        copying the whole index again on the next search."""
+        if self._copy is None:
+            return
+        try:
+            self._copy.add_with_ids(vectors, ids)
+        except (RuntimeError, AttributeError):
+            self._copy = None
 
     def search(self, index: faiss.Index, queries: np.ndarray, k: int):
         if self.enabled and k <= GPU_MAX_K and gpu_available():

@@ -27,12 +27,14 @@ class MemoryStore(nn.Module):
         super().__init__()
         self.entries = AssociativeMemory(**memory_args)
         self.pending: PendingDeletes | None = None  # the last pass's votes, acted on by the next
-        self.open_documents: dict[int, list[Tensor]] = {}  # row -> ids written since its last eos
+        # The entries written since their row's last eos: their rows and ids, side by side.
+        self.open_rows = self.open_ids = torch.empty(0, dtype=torch.long)
         self.epoch = 0  # the training epoch whose writes these are
         # Reading rows: the serial number of each row's current document, and each row's last
         # entry, still waiting for the token that follows it (the next pass's first token).
+        # Both live on the device of the data once it is seen, so no pass waits for the host.
         self.rows = torch.empty(0, dtype=torch.long)
-        self.next_serial = 0
+        self.next_serial = torch.tensor(0)
         self.carry: Tensor | None = None
         # The store decisions' own random draws (saved, so a resumed run draws the same).
         self.draws = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
@@ -51,7 +53,7 @@ class MemoryStore(nn.Module):
         every, offset = gather_rows(vectors.detach().float())
         if not len(every):
             return torch.empty(0, dtype=torch.long, device=vectors.device)
-        ids = self.entries.add(every.cpu())
+        ids = self.entries.add(every)  # on its device still: a device copy of the memory takes it from there
         return ids[offset: offset + len(vectors)].to(vectors.device)
 
     def remove(self, ids: Tensor) -> None:
@@ -74,8 +76,9 @@ class MemoryStore(nn.Module):
 
     def settle_votes(self, passed: Tensor, cast: PendingDeletes | None) -> Tensor:
         """Act on the waiting votes (`passed`: which of them carried) and let this pass's `cast`
-        votes wait for the next. Returns the ids the carried votes delete."""
-        deleted = self.pending.ids[passed]
+        votes wait for the next. Returns the ids the carried votes delete, -1 for the others
+        (`remove` ignores them), so no pass waits to learn how many carried."""
+        deleted = torch.where(passed, self.pending.ids, -1)
         self.pending = cast
         return deleted
 
@@ -84,17 +87,22 @@ class MemoryStore(nn.Module):
         """Ids of the entries whose document ended in this block (`ends` (B, T): True at an eos;
         `stored` (B, T): which positions wrote the entries `new_ids`, in row-major order). The
         entries after a row's last eos stay open, with what that row wrote before."""
-        rows, cols = stored.nonzero(as_tuple=True)
-        finished = [new_ids.new_empty(0)]
-        for row in range(ends.shape[0]):
-            mine, at = new_ids[rows == row], cols[rows == row]
-            row_ends = ends[row].nonzero()
-            if len(row_ends):
-                last = int(row_ends[-1])
-                finished += [ids.to(mine.device) for ids in self.open_documents.pop(row, [])] + [mine[at <= last]]
-                mine = mine[at > last]
-            self.open_documents.setdefault(row, []).append(mine)
-        return torch.cat(finished)
+        B, T = ends.shape
+        has_end = ends.any(1)
+        last = torch.where(has_end, T - 1 - ends.flip(1).to(torch.uint8).argmax(1), -1)  # each row's last eos
+        # Positions of the stored entries in row-major order, without asking the device how many.
+        at = torch.argsort((~stored).flatten().to(torch.uint8), stable=True)[: len(new_ids)]
+        rows, finished = at // T, at % T <= last[at // T]
+        open_rows, open_ids = self.open_rows.to(new_ids.device), self.open_ids.to(new_ids.device)
+        closing = torch.where(open_rows < B, has_end[open_rows.clamp(max=B - 1)], False)
+        self.open_rows = torch.cat([open_rows[~closing], rows[~finished]])
+        self.open_ids = torch.cat([open_ids[~closing], new_ids[~finished]])
+        return torch.cat([open_ids[closing], new_ids[finished]])
+
+    @property
+    def open_documents(self) -> dict[int, Tensor]:
+        """Row -> ids written since that row's last eos."""
+        return {row: self.open_ids[self.open_rows == row] for row in self.open_rows.unique().tolist()}
 
     # --- reading rows ---------------------------------------------------------------------------
     def documents(self, ends: Tensor) -> Tensor:
@@ -104,7 +112,8 @@ class MemoryStore(nn.Module):
         Serial numbers are interleaved by rank (serial * world + rank), so rows of different
         data-parallel ranks never share a document."""
         B = ends.shape[0]
-        rows = self._rows(B)[:B].to(ends.device)
+        self.rows, self.next_serial = self.rows.to(ends.device), self.next_serial.to(ends.device)
+        rows = self._rows(B)[:B]
         before = ends.long().cumsum(1) - ends.long()  # eos tokens before each position
         counts = before[:, -1]  # documents opened inside the block (an eos at its end opens one in the next)
         first_new = self.next_serial + counts.cumsum(0) - counts
@@ -116,22 +125,22 @@ class MemoryStore(nn.Module):
         """Commit the documents of a pass that writes: each row continues its last one."""
         B = documents.shape[0]
         rows = self._rows(B)
-        rows[:B] = documents[:, -1].cpu()
-        ended_last = ends[:, -1].cpu()
+        ended_last = ends[:, -1]
         world, rank = _world()
-        self.next_serial += int(ends[:, :-1].sum())
-        if ended_last.any():  # the row's next token opens a new document
-            n = int(ended_last.sum())
-            rows[:B][ended_last] = (self.next_serial + torch.arange(n)) * world + rank
-            self.next_serial += n
+        serial = self.next_serial + ends[:, :-1].sum()
+        # A row whose last token is an eos opens a new document with its next token.
+        opened = (serial + ended_last.long().cumsum(0) - 1) * world + rank
+        rows[:B] = torch.where(ended_last, opened, documents[:, -1])
+        self.next_serial = serial + ended_last.sum()
         self.rows = rows
 
     def _rows(self, count: int) -> Tensor:
         if len(self.rows) < count:
             world, rank = _world()
             extra = count - len(self.rows)
-            self.rows = torch.cat([self.rows, (self.next_serial + torch.arange(extra)) * world + rank])
-            self.next_serial += extra
+            fresh = (self.next_serial + torch.arange(extra, device=self.rows.device)) * world + rank
+            self.rows = torch.cat([self.rows, fresh])
+            self.next_serial = self.next_serial + extra  # a new tensor: saved states may hold the old one
         return self.rows.clone()
 
     def take_carry(self, rows: int) -> Tensor | None:
@@ -143,8 +152,9 @@ class MemoryStore(nn.Module):
     def reset(self) -> None:
         """Empty the entries and forget the waiting votes and open documents."""
         self.entries.reset()
-        self.pending, self.open_documents = None, {}
-        self.rows, self.next_serial, self.carry = torch.empty(0, dtype=torch.long), 0, None
+        self.pending, self.carry = None, None
+        self.open_rows = self.open_ids = torch.empty(0, dtype=torch.long)
+        self.rows, self.next_serial = torch.empty(0, dtype=torch.long), torch.tensor(0)
 
     def begin_epoch(self, epoch: int, empty_if_new: bool) -> None:
         """Training epoch `epoch` starts; with `empty_if_new` the entries of an earlier epoch go.
@@ -155,13 +165,13 @@ class MemoryStore(nn.Module):
 
     def set_aside(self) -> None:
         """Start from an empty memory; `put_back` restores exactly what was there."""
-        self._saved = (self.entries.state_dict(), self.pending, self.open_documents, self.rows, self.next_serial,
-                       self.carry)
+        self._saved = (self.entries.state_dict(), self.pending, self.open_rows, self.open_ids, self.rows,
+                       self.next_serial, self.carry)
         self.reset()
 
     def put_back(self) -> None:
         if self._saved is not None:
-            state, self.pending, self.open_documents, self.rows, self.next_serial, self.carry = self._saved
+            state, self.pending, self.open_rows, self.open_ids, self.rows, self.next_serial, self.carry = self._saved
             self.entries.load_state_dict(state)
             self._saved = None
 
@@ -177,17 +187,15 @@ class MemoryStore(nn.Module):
     def get_extra_state(self) -> dict[str, Tensor]:
         """The entries plus the delete votes still waiting and the rows' open documents, so a
         resumed run continues exactly."""
-        state = {**self.entries.state_dict(), "epoch": torch.tensor(self.epoch), "rows": self.rows.clone(),
-                 "next_serial": torch.tensor(self.next_serial), "draws": self.draws.get_state()}
+        state = {**self.entries.state_dict(), "epoch": torch.tensor(self.epoch), "rows": self.rows.cpu(),
+                 "next_serial": self.next_serial.cpu(), "draws": self.draws.get_state()}
         if self.carry is not None:
             state["carry"] = self.carry.cpu()
         if self.pending is not None:
             state.update(pending_ids=self.pending.ids.cpu(), pending_states=self.pending.states.cpu(),
                          pending_entries=self.pending.entries.cpu())
-        rows = [torch.full_like(ids, row) for row, parts in self.open_documents.items() for ids in parts]
-        if rows:
-            state["open_rows"] = torch.cat(rows).cpu()
-            state["open_ids"] = torch.cat([ids for parts in self.open_documents.values() for ids in parts]).cpu()
+        if len(self.open_ids):
+            state["open_rows"], state["open_ids"] = self.open_rows.cpu(), self.open_ids.cpu()
         return state
 
     def set_extra_state(self, state: dict[str, Tensor]) -> None:
@@ -198,14 +206,14 @@ class MemoryStore(nn.Module):
         except XLabError as error:
             raise XLabError(f"the checkpoint's memory does not fit this model: {error}") from None
         self.epoch = int(state.get("epoch", 0))
-        self.pending, self.open_documents = None, {}
+        self.pending = None
         self.rows = state.get("rows", torch.empty(0, dtype=torch.long)).long()
-        self.next_serial = int(state.get("next_serial", 0))
+        self.next_serial = torch.as_tensor(state.get("next_serial", 0)).long().cpu()
         self.carry = state.get("carry")
         if "draws" in state:
             self.draws.set_state(state["draws"].to(torch.uint8).cpu())
         if "pending_ids" in state:
             self.pending = PendingDeletes(state["pending_ids"], state["pending_states"], state["pending_entries"])
-        if "open_rows" in state:
-            for row in state["open_rows"].unique().tolist():
-                self.open_documents[row] = [state["open_ids"][state["open_rows"] == row]]
+        empty = torch.empty(0, dtype=torch.long)
+        self.open_rows = state.get("open_rows", empty).long()
+        self.open_ids = state.get("open_ids", empty).long()

@@ -123,11 +123,14 @@ class LanguageModel(L.LightningModule):
         writes: the progress bar turns what it shows into a number on every step, and a device
         tensor there would make the host wait for the device on every step. Between those steps
         the bar shows the last copy."""
-        trainer = self._trainer
-        connector = getattr(trainer, "_logger_connector", None)
-        if self._shown_loss is None or connector is None or connector.should_update_logs:
+        if self._shown_loss is None or self._logs_this_step():
             self._shown_loss = loss.detach().to("cpu", torch.float32)
         return self._shown_loss
+
+    def _logs_this_step(self) -> bool:
+        """Whether the logger writes this training step (always, outside a Trainer)."""
+        connector = getattr(self._trainer, "_logger_connector", None)
+        return connector is None or connector.should_update_logs
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._common_step(batch, "train")

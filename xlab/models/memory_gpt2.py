@@ -33,15 +33,16 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import GPT2Config, GPT2Model
 
 from xlab.datamodules.datasets import IGNORE_INDEX
 from xlab.errors import XLabError
 from xlab.memory import MemoryStore, PendingDeletes
 from xlab.models.blocks import position_ids
+from xlab.models.gpt2_backbone import gpt2_transformer
 from xlab.models.lm import LanguageModel
 from xlab.models.memory_access import MemoryAccess
 from xlab.models.memory_cache import MemoryCache
+from xlab.models.memory_telemetry import MemoryTelemetry
 
 # A token votes on an entry only if it gave the entry at least this weight when reading.
 VOTE_THRESHOLD = 0.1
@@ -77,7 +78,9 @@ class MemoryGPT2(LanguageModel):
         num_search_results: Entries retrieved per token (k).
         forgetfulness_factor, min_weight, eviction: Each training step multiplies entry weights
             by 1 - forgetfulness_factor and drops those under min_weight.
-        memory_device: Where faiss searches: auto (a GPU when faiss sees one), cpu or cuda.
+        memory_device: auto or cuda: a model on a GPU searches there (an exact index as a matmul
+            over a device copy, others through a faiss GPU copy when faiss sees a GPU); cpu: always
+            the host faiss index.
         memory_scope: document (a token reads only entries of its own document, written before
             it: what an honest evaluation needs) or all (any entry, e.g. the training memory
             read when sampling).
@@ -134,7 +137,7 @@ class MemoryGPT2(LanguageModel):
         vocab_size = self.hparams.vocab_size
         if n_embd % n_head:
             raise XLabError(f"model n_embd={n_embd} is not divisible by n_head={n_head}: change one of them.")
-        self.transformer = self._build_transformer()
+        self.transformer = gpt2_transformer(self.hparams)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight
         self.access: MemoryAccess | None = None
@@ -156,43 +159,13 @@ class MemoryGPT2(LanguageModel):
         self.memory_loss: Tensor | None = None
         self.lm_logits: Tensor | None = None  # the last forward pass's language-model logits ...
         self.mixture: tuple[Tensor, Tensor, Tensor] | None = None  # ... and its read (normalizer, shares, tokens)
-        self.telemetry: dict[str, float] = {}
+        self.memory_telemetry = MemoryTelemetry()
 
-    def _build_transformer(self) -> GPT2Model:
-        hp = self.hparams
-        if hp.pretrained_path is None:
-            config = GPT2Config(vocab_size=hp.vocab_size, n_positions=hp.max_len, n_embd=hp.n_embd, n_layer=hp.n_layer,
-                                n_head=hp.n_head, resid_pdrop=hp.dropout, embd_pdrop=hp.dropout, attn_pdrop=hp.dropout,
-                                bos_token_id=hp.sos_id, eos_token_id=hp.eos_id, pad_token_id=hp.pad_id)
-            return GPT2Model(config)
-        try:
-            model = GPT2Model.from_pretrained(hp.pretrained_path, attn_implementation="sdpa")
-        except (OSError, ValueError) as error:
-            raise XLabError(f"pretrained_path {hp.pretrained_path} is not a GPT-2 directory: "
-                            f"{str(error).splitlines()[0]}") from None
-        c = model.config
-        # The data's special tokens added to GPT-2's tokenizer (added_tokens) grow the embedding.
-        added = int(hp.get("added_tokens", 0))
-        mine = (hp.vocab_size - added, hp.n_layer, hp.n_head, hp.n_embd)
-        if (c.vocab_size, c.n_layer, c.n_head, c.n_embd) != mine or c.n_positions < hp.max_len:
-            raise XLabError(
-                f"pretrained GPT-2 at {hp.pretrained_path} has vocab_size={c.vocab_size}, n_layer={c.n_layer}, "
-                f"n_head={c.n_head}, n_embd={c.n_embd}, n_positions={c.n_positions}; the model asks for "
-                f"vocab_size={hp.vocab_size}, n_layer={hp.n_layer}, n_head={hp.n_head}, n_embd={hp.n_embd}, "
-                f"max_len={hp.max_len}" + (f" with {added} added special tokens" if added else "")
-                + ": set them to match (the data's tokenizer must be the model's).")
-        if added:
-            rows = model.wte.weight.detach()
-            grown = torch.cat([rows, rows.mean(0, keepdim=True).expand(added, -1)])
-            model.wte = nn.Embedding.from_pretrained(grown.clone(), freeze=False)
-            c.vocab_size = hp.vocab_size
-        # Cut positions to max_len so a checkpoint rebuilds from hparams alone, with no directory.
-        model.wpe = nn.Embedding.from_pretrained(model.wpe.weight[: hp.max_len].clone(), freeze=False)
-        c.n_positions = hp.max_len
-        for module in model.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = hp.dropout
-        return model
+    @property
+    def telemetry(self) -> dict[str, Tensor | float]:
+        """The last pass's store, delete and hit rates (device tensors) and the memory's
+        occupancy and mean age now; training logs their means every `log_every_n_steps`."""
+        return self.memory_telemetry.last_pass(self.memory.entries) if self.memory is not None else {}
 
     def compile_target(self) -> nn.Module:
         return self.transformer  # the memory's faiss calls stay eager
@@ -281,7 +254,7 @@ class MemoryGPT2(LanguageModel):
                                          VOTE_THRESHOLD)
         removals = [self.memory.settle_votes(deleted, cast)]
         cost = hp.keep_cost * (1 - votes).sum() / max(1, len(votes))
-        self.telemetry["delete_rate"] = float(deleted.float().mean()) if len(votes) else 0.0
+        delete_rate = deleted.float().mean() if len(votes) else votes.new_zeros(())
 
         # The entry at position t: the context ending at t - 1 and the token t that followed;
         # position 0 completes the row's last entry of the previous pass.
@@ -306,12 +279,16 @@ class MemoryGPT2(LanguageModel):
             self.memory.carry = last
         p = self.access.store_probability(entries[..., : self.access.memory_dim])  # (B, T)
         if self.training:  # drawn from the memory's own generator: the transformer's dropout draws stay as without it
-            draws = torch.rand(p.shape, generator=self.memory.draws).to(p.device)
+            draws = torch.rand(p.shape, generator=self.memory.draws)
+            if p.device.type == "cuda":  # a pinned copy goes over without waiting for the device's queue
+                draws = draws.pin_memory().to(p.device, non_blocking=True)
             stores = (draws < p.detach()) & proposes
         else:
             stores = (p.detach() > 0.5) & proposes
-        if proposes.any():
-            cost = cost + hp.store_cost * p[proposes].mean()
+        # The mean store probability of the proposals (none: 0), without asking whether any.
+        proposed = proposes.sum()
+        store_probability = torch.where(proposes, p, 0.0).sum() / proposed.clamp(min=1)
+        cost = cost + hp.store_cost * store_probability
         new_ids = self.memory.add(entries[stores], age=self.training)
         if hp.forget_documents:
             removals.append(self.memory.close_documents(ends, stores, new_ids))
@@ -319,17 +296,13 @@ class MemoryGPT2(LanguageModel):
         self.memory.advance(documents, ends)
         self.memory_loss = cost
 
-        stats = self.memory.entries.stats()
         attention, valid = readout.attention, readout.valid
         reading = valid.any(-1)
         on_memory = attention[..., 1:].amax(-1) > attention[..., 0]
-        self.telemetry.update(
-            occupancy=stats["occupancy"], mean_age=stats["mean_age"],
-            store_rate=float(stores.sum() / proposes.sum().clamp(min=1)),
-            store_probability=float(p.detach()[proposes].mean()) if proposes.any() else 0.0,
-            hit_rate=float((on_memory & reading).sum() / max(1, reading.numel())),
-            reliance=float(readout.shares.detach().sum(-1).mean()),
-        )
+        self.memory_telemetry.record(
+            self.training, store_rate=stores.sum() / proposed.clamp(min=1), store_probability=store_probability,
+            delete_rate=delete_rate, hit_rate=(on_memory & reading).sum() / max(1, reading.numel()),
+            reliance=readout.shares.detach().sum(-1).mean())
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip the transformer's and the memory's gradient norms apart, so that the memory never
@@ -387,7 +360,9 @@ class MemoryGPT2(LanguageModel):
         loss = super()._common_step(batch, stage)
         if stage == "train" and self.memory is not None:
             size = batch["input_ids"].shape[0]
-            self.log_dict({f"memory/{name}": value for name, value in self.telemetry.items()}, batch_size=size)
+            if self._logs_this_step():
+                telemetry = self.memory_telemetry.drain(self.memory.entries)
+                self.log_dict({f"memory/{name}": value for name, value in telemetry.items()}, batch_size=size)
             self.log("train/lm_loss", lm := self.lm_loss(batch["labels"]), batch_size=size)
             loss = loss + lm + (self.memory_loss if self.memory_loss is not None else 0.0)
         return loss
