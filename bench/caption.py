@@ -125,7 +125,7 @@ def run(setting: Setting, meteor: bool = False, seed: int = 0) -> dict[str, floa
         data = data_module(setting, cache, scst=True)
         scst = CaptionModel(**{**model_settings(setting, data), "learning_rate": setting.scst_learning_rate,
                                                                 "warmup_steps": 5},
-                            metric_tokenizer="simple", scst=True, init_from=str(checkpoint), scst_samples=5,
+                            metric_tokenizer="simple", scst=True, start_checkpoint=str(checkpoint), scst_samples=5,
                             scst_baseline=setting.scst_baseline, scst_temperature=setting.scst_temperature)
         trainer(setting.scst_steps).fit(scst, data)
         scst.hparams.metric_tokenizer = "ptb"
