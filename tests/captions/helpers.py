@@ -65,3 +65,14 @@ def write_jsonl(root: Path, images: int = 30) -> Path:
         lines.append(json.dumps(row))
     (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
     return root / "captions.jsonl"
+
+
+def shrink(tmp_path: Path, steps: int = 4, decoder_shape: bool = True) -> list[str]:
+    """CLI overrides that shrink a caption recipe to seconds on a CPU (decoder_shape=False for a
+    recipe whose pretrained folder decides the decoder's shape)."""
+    shape = ["--model.init_args.n_layer", "1", "--model.init_args.n_head", "2", "--model.init_args.n_embd", "32"]
+    return ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.max_steps", str(steps),
+            "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), *(shape if decoder_shape else []),
+            "--data.init_args.cache_dir", str(tmp_path / "cache"), "--data.init_args.batch_size", "4",
+            "--data.init_args.eval_batch_size", "16"]

@@ -7,18 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.captions.helpers import save_image, write_personality
+from tests.captions.helpers import save_image, shrink, write_personality
 from tests.helpers import CONF, load_script
 from xlab.cli import main
-
-
-def shrink(tmp_path, steps: int = 4) -> list[str]:
-    return ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.max_steps", str(steps),
-            "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
-            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-            "--model.init_args.n_layer", "1", "--model.init_args.n_head", "2", "--model.init_args.n_embd", "32",
-            "--data.init_args.cache_dir", str(tmp_path / "cache"), "--data.init_args.batch_size", "4",
-            "--data.init_args.eval_batch_size", "16"]
 
 
 def test_caption_recipe_scst_infer_and_export(tmp_path, capsys):
@@ -34,7 +25,7 @@ def test_caption_recipe_scst_infer_and_export(tmp_path, capsys):
     last = next(c for c in checkpoints if c.name == "last.ckpt")
 
     scst = main(["fit", *args, "-c", str(CONF / "caption-scst.yaml"), "--trainer.max_steps", "2",
-                 "--model.init_args.init_from", str(last), "--model.init_args.scst_samples", "2",
+                 "--model.init_args.start_checkpoint", str(last), "--model.init_args.scst_samples", "2",
                  "--trainer.val_check_interval", "2",
                  "--data.init_args.batch_size", "4"])
     assert {"train/reward", "train/baseline", "train/advantage", "val/cider"} <= set(scst.trainer.callback_metrics)

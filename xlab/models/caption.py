@@ -9,9 +9,14 @@ the prefix ahead of the text, so greedy, sampling and beam search all work uncha
 
 Validation and test decode every image (greedy, or `eval_num_beams`) and log pycocoevalcap's
 BLEU-1..4, METEOR, ROUGE-L and CIDEr-D (`val/cider` can drive checkpoint selection). With
-`scst: true` training is self-critical sequence training (`caption_scst.py`) from the weights of
-`init_from`, a cross-entropy checkpoint. The decoder is XLabModel's transformer built from these
-settings; starting it from a pretrained GPT-2 / Llama folder is not supported yet.
+`scst: true` training is self-critical sequence training (`caption_scst.py`).
+
+Two starting points, kept apart by name (XLabModel's single `init_from` would blur them):
+    decoder_from      a pretrained decoder: a local GPT-2 / Llama folder or an XLab export, read by
+                      XLabModel's `init_from` code; the folder decides the decoder's shape, and the
+                      data's tokenizer must be its own (data tokenizer_path: the same folder)
+    start_checkpoint  a CaptionModel checkpoint whose weights (encoder and decoder) this run starts
+                      from: the SCST stage starts from the cross-entropy run's
 """
 
 from __future__ import annotations
@@ -51,8 +56,11 @@ class CaptionModel(XLabModel):
         meteor: Compute METEOR (Java, ~16 s start, ~1.4 GB) in validation and test.
         eval_num_beams: Beams for the decoding scored in val / test (1: greedy).
         max_caption_tokens: Most tokens decoded per caption.
-        scst, init_from, scst_baseline, scst_samples, scst_ce_weight, scst_temperature: see
-            `caption_scst.py`.
+        decoder_from: Folder of a pretrained decoder (GPT-2 / Llama save_pretrained, or an XLab
+            export); its architecture replaces the decoder settings, which must not contradict it.
+        start_checkpoint: A CaptionModel checkpoint with the same settings to take the weights from
+            when training starts (a resumed run's own checkpoint then wins).
+        scst, scst_baseline, scst_samples, scst_ce_weight, scst_temperature: see `caption_scst.py`.
     """
 
     def __init__(
@@ -74,15 +82,22 @@ class CaptionModel(XLabModel):
         meteor: bool = False,
         eval_num_beams: int = 1,
         max_caption_tokens: int = 32,
+        decoder_from: str | None = None,
+        start_checkpoint: str | None = None,
         scst: bool = False,
-        init_from: str | None = None,
         scst_baseline: Literal["greedy", "mean"] = "greedy",
         scst_samples: int = 5,
         scst_ce_weight: float = 0.0,
         scst_temperature: float = 1.0,
         **kwargs: Any,
     ):
-        super().__init__(**kwargs)
+        if "init_from" in kwargs:  # XLabModel's one name for both would blur them
+            raise XLabError("CaptionModel has no init_from: a pretrained decoder folder is decoder_from, a "
+                            "CaptionModel checkpoint to start from (the SCST stage) is start_checkpoint.")
+        super().__init__(init_from=decoder_from, **kwargs)
+        # The decoder's weights now live in this model's checkpoints: rebuilding needs no folder.
+        self.hparams.pop("init_from", None)
+        self.hparams["decoder_from"] = None
         n_embd = self.hparams.n_embd
         if encoder == "conv":
             self.pixels = PixelNorm(image_size, image_mean, image_std)
@@ -203,18 +218,19 @@ class CaptionModel(XLabModel):
                 print(f"xlab: {metric} not computed: {reason}", flush=True)
         self.last_captions = generated
 
-    # --- SCST's starting point and reward ---------------------------------------------------------
+    # --- the starting checkpoint and SCST's reward -------------------------------------------------
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage == "fit" and self.hparams.init_from:
+        path = self.hparams.start_checkpoint
+        if stage == "fit" and path:
             # Before Lightning restores a resumed run's own checkpoint, which then wins.
             from xlab.checkpoint import read_checkpoint
 
-            state = read_checkpoint(self.hparams.init_from)["state_dict"]
+            state = read_checkpoint(path)["state_dict"]
             try:
                 self.load_state_dict(state, strict=True)
             except RuntimeError as e:
-                raise XLabError(f"init_from {self.hparams.init_from} does not fit this CaptionModel's settings "
+                raise XLabError(f"start_checkpoint {path} does not fit this CaptionModel's settings "
                                 f"({' '.join(str(e).split())[:200]}).") from None
 
     def on_fit_start(self) -> None:

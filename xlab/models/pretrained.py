@@ -80,9 +80,13 @@ def _read_export(folder: Path, cls: type) -> StartingPoint:
 
 
 def _defaults(cls: type) -> dict:
-    # The model class is passed in, not imported: the models import this module.
-    params = inspect.signature(cls.__init__).parameters
-    return {name: params[name].default for name in ARCHITECTURE}
+    # The model class is passed in, not imported: the models import this module. A subclass
+    # (CaptionModel) passes the architecture on in **kwargs: the nearest class naming it decides.
+    defaults = {}
+    for klass in reversed(cls.__mro__):
+        params = inspect.signature(klass.__init__).parameters
+        defaults.update({name: params[name].default for name in ARCHITECTURE if name in params})
+    return defaults
 
 
 def architecture_of(start: StartingPoint, cls: type, given: dict) -> tuple:
