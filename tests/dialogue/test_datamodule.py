@@ -66,6 +66,13 @@ def test_eval_examples_rank_against_replies_of_other_episodes(tmp_path, topic_fi
     assert examples == dm.eval_examples("val")  # the same examples at every validation
     ex = examples[0]
     assert dm.tokenizer.decode(ex["prompt"]).endswith("Bot:") and ex["body"][-1] == dm.tokenizer["<|turn_end|>"]
+    # The PMI ranking's prompt without history: the same context and speaker, no turns.
+    prior = dm.tokenizer.decode(ex["prior"])
+    assert prior.startswith("Context: A talk about") and prior.endswith("Bot:") and "User:" not in prior
+    assert "User:" in dm.tokenizer.decode(ex["prompt"])  # never an episode's first turn: it answers nothing
+    for e in examples:  # every candidate fits after the shared prompt; the generated reply has its room
+        assert all(len(e["prompt"]) + min(len(b), 16) <= 32 for b in [e["body"], *e["negatives"]])
+        assert len(e["reply_prompt"]) <= 32 - 16 and dm.tokenizer.decode(e["reply_prompt"]).endswith("Bot:")
 
 
 def test_a_speaker_named_like_a_special_token_is_refused(tmp_path):
