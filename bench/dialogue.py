@@ -20,6 +20,7 @@ import argparse
 import math
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +31,14 @@ def train_and_test(workdir: Path, mask_turns: bool, steps: int | None, extra: li
     """Fit the recipe, then test its last checkpoint; the test metrics and the test unigram baseline."""
     from xlab.cli import main
 
+    start = time.perf_counter()
     name = "masked" if mask_turns else "unmasked"
     common = ["--trainer.logger.init_args.save_dir", str(workdir / "runs"), "--trainer.enable_progress_bar", "false",
               "--data.init_args.cache_dir", str(workdir / "cache")]
     length = [] if steps is None else ["--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps)]
     main(["fit", "-c", str(ROOT / "conf" / "dialogue.yaml"), *length, "--trainer.logger.init_args.name", name, "--data.init_args.mask_turns", str(mask_turns).lower(),
           *common, *extra])
+    fit_seconds = time.perf_counter() - start
     ckpt = sorted((workdir / "runs" / name).rglob("last.ckpt"))[-1]
     cli = main(["test", "-c", str(ROOT / "conf" / "dialogue.yaml"), "--ckpt_path", str(ckpt),
                 "--trainer.logger.init_args.name", name, "--data.init_args.mask_turns", str(mask_turns).lower(),
@@ -44,6 +47,7 @@ def train_and_test(workdir: Path, mask_turns: bool, steps: int | None, extra: li
     metrics["unigram_loss"] = cli.datamodule.unigram_loss("test")
     metrics["candidates"] = cli.datamodule.hparams.candidates
     metrics["scored"] = len(cli.datamodule.eval_examples("test"))
+    metrics["fit_seconds"] = fit_seconds
     return metrics
 
 
@@ -73,6 +77,7 @@ def report(results: dict[str, dict[str, float]]) -> str:
         f"  by PMI               masked {hits(m, 'hits@1_pmi')}   unmasked {hits(u, 'hits@1_pmi')}",
         f"unigram F1             masked {m['test/f1']:.3f}   unmasked {u['test/f1']:.3f}",
         f"  (unmasked reply perplexity {u['test/perplexity']:.1f})",
+        f"fit wall time          masked {m['fit_seconds']:.0f} s   unmasked {u['fit_seconds']:.0f} s",
     ]
     return "\n".join(lines)
 
