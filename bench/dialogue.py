@@ -12,6 +12,8 @@ and prints, against references measured in the same run:
   Hits@1 / 20        vs chance (1/20) and vs the model trained without turn masking, ranked by
                      likelihood (hits@1) and by PMI (hits@1_pmi), with binomial standard errors
   unigram F1         of greedy replies (ParlAI normalisation)
+The same test examples are also ranked without any model, by the tf-idf weight of the words a
+candidate shares with the history in its prompt: how much the history alone tells apart.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,7 +52,31 @@ def train_and_test(workdir: Path, mask_turns: bool, steps: int | None, extra: li
     metrics["candidates"] = cli.datamodule.hparams.candidates
     metrics["scored"] = len(cli.datamodule.eval_examples("test"))
     metrics["fit_seconds"] = fit_seconds
+    metrics["overlap_hits"] = overlap_hits(cli.datamodule, "test")
     return metrics
+
+
+def overlap_hits(datamodule, split: str) -> float:
+    """Hits@1 of ranking each example's candidates by the summed idf (from the train turns) of their
+    words that also occur in the history of the prompt; ties are misses, as for the model."""
+    from collections import Counter
+
+    from xlab.dialogue.metrics import ranked_first
+    from xlab.dialogue.text import normalize_answer
+
+    def words(text: str) -> set[str]:
+        return set(normalize_answer(text).split())
+
+    texts = [t for r in datamodule.rendered["train"] for t in r.texts]
+    df = Counter(w for t in texts for w in words(t))
+    examples, decode = datamodule.eval_examples(split), datamodule.tokenizer.decode
+    hits = 0
+    for ex in examples:
+        history = words(decode(ex["prompt"]))
+        scores = [sum(math.log(len(texts) / (1 + df[w])) for w in words(decode(body)) & history)
+                  for body in [ex["body"], *ex["negatives"]]]
+        hits += ranked_first(torch.tensor(scores))
+    return hits / max(1, len(examples))
 
 
 def compare(workdir: Path, steps: int | None, extra: list[str]) -> dict[str, dict[str, float]]:
@@ -75,6 +103,7 @@ def report(results: dict[str, dict[str, float]]) -> str:
         f"Hits@1/{k} of {n} test replies (+- one binomial standard error), chance {chance:.3f}:",
         f"  by likelihood        masked {hits(m, 'hits@1')}   unmasked {hits(u, 'hits@1')}",
         f"  by PMI               masked {hits(m, 'hits@1_pmi')}   unmasked {hits(u, 'hits@1_pmi')}",
+        f"  no model: tf-idf of the words shared with the history  {m['overlap_hits']:.3f} +- {stderr(m['overlap_hits'], n):.3f}",
         f"unigram F1             masked {m['test/f1']:.3f}   unmasked {u['test/f1']:.3f}",
         f"  (unmasked reply perplexity {u['test/perplexity']:.1f})",
         f"fit wall time          masked {m['fit_seconds']:.0f} s   unmasked {u['fit_seconds']:.0f} s",
@@ -92,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where runs and caches go (default: a temporary folder)")
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # the CLI runs below get their arguments as lists, not from this command line
-    import torch
-
     torch.set_num_threads(args.threads)
     extra = ["--data.init_args.max_documents", "null" if args.episodes is None else str(args.episodes),
              "--data.init_args.eval_examples", str(args.eval_examples)]
