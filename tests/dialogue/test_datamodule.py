@@ -59,13 +59,21 @@ def test_unmasked_training_learns_every_token_but_evaluation_stays_masked(tmp_pa
 
 
 def test_eval_examples_rank_against_replies_of_other_episodes(tmp_path, topic_file):
-    dm = module(tmp_path, [str(topic_file)], eval_examples=10, candidates=5)
+    # A context of 128: room for the prefix and a turn of history beside the longest candidate.
+    dm = module(tmp_path, [str(topic_file)], eval_examples=10, candidates=5, max_len=128, reply_tokens=32)
     dm.setup("validate")
     examples = dm.eval_examples("val")
     assert len(examples) == 10 and all(len(e["negatives"]) == 4 for e in examples)
     assert examples == dm.eval_examples("val")  # the same examples at every validation
     ex = examples[0]
     assert dm.tokenizer.decode(ex["prompt"]).endswith("Bot:") and ex["body"][-1] == dm.tokenizer["<|turn_end|>"]
+    # The PMI ranking's prompt without history: the same context and speaker, no turns.
+    prior = dm.tokenizer.decode(ex["prior"])
+    assert prior.startswith("Context: A talk about") and prior.endswith("Bot:") and "User:" not in prior
+    assert "User:" in dm.tokenizer.decode(ex["prompt"])  # never an episode's first turn: it answers nothing
+    for e in examples:  # every candidate fits after the shared prompt; the generated reply has its room
+        assert all(len(e["prompt"]) + min(len(b), 64) <= 128 for b in [e["body"], *e["negatives"]])
+        assert len(e["reply_prompt"]) <= 128 - 32 and dm.tokenizer.decode(e["reply_prompt"]).endswith("Bot:")
 
 
 def test_a_speaker_named_like_a_special_token_is_refused(tmp_path):

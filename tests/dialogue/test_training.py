@@ -34,7 +34,7 @@ def trained(topic_file, tmp_path_factory):
 
 def test_turn_masked_training_ranks_the_true_reply_well_above_chance(trained):
     _, masked, bench = trained
-    for name in ("test/loss", "test/perplexity", "test/hits@1", "test/f1"):
+    for name in ("test/loss", "test/perplexity", "test/hits@1", "test/hits@1_pmi", "test/f1"):
         assert name in masked
     assert masked["test/hits@1"] >= 0.3  # chance is 1/20
     assert masked["test/perplexity"] < 0.5 * math.exp(masked["unigram_loss"])

@@ -198,13 +198,19 @@ class DialogueDataModule(XLabDataModule):
 
     # --- what the dialogue metrics score ------------------------------------------------------
     def eval_examples(self, split: str) -> list[dict[str, Any]]:
-        """Up to `eval_examples` trained turns of the split, each with its prompt (history windowed as
-        in training, ending with the speaker's header), the reference text and `candidates - 1`
-        replies of other episodes (seeded by split_salt: the same examples at every validation)."""
+        """Up to `eval_examples` trained turns of the split that answer something (not an episode's
+        first turn), each with the reference text, its body and `candidates - 1` bodies of other
+        episodes' turns, drawn seeded by split_salt (the same examples at every validation), and
+        three prompts, each the prefix, the most recent whole turns that fit, and the speaker's header:
+            prompt        the history that leaves room for the longest candidate (capped at half the
+                          context), the same for every candidate so they are ranked on equal terms
+            prior         no history: the same prefix and header, what the reply is compared with
+                          when ranking by how much the history raised its likelihood (hits@1_pmi)
+            reply_prompt  the history that leaves room for `reply_tokens` generated tokens (F1)"""
         from xlab.dialogue.render import Renderer
 
         rendered = self.rendered[split]
-        turns = [(e, t) for e, r in enumerate(rendered) for t, trained in enumerate(r.trained) if trained]
+        turns = [(e, t) for e, r in enumerate(rendered) for t, trained in enumerate(r.trained) if trained and t > 0]
         rng = random.Random(self.hparams.split_salt)
         chosen = sorted(rng.sample(turns, min(len(turns), self.hparams.eval_examples)))
         size, k = self.hparams.max_len, self.hparams.candidates
@@ -214,10 +220,13 @@ class DialogueDataModule(XLabDataModule):
             others = [(e2, t2) for e2, t2 in rng.sample(turns, min(len(turns), 4 * k)) if e2 != e][: k - 1]
             if len(others) < k - 1:
                 continue  # a split of one episode has nothing to rank against
-            budget = size - min(len(r.bodies[t]), size // 2)
-            prompt = Renderer.prompt(r.prefix, r.headers[:t], r.bodies[:t], r.headers[t], budget)
-            examples.append({"prompt": prompt, "reference": r.texts[t], "body": r.bodies[t],
-                             "negatives": [rendered[e2].bodies[t2] for e2, t2 in others]})
+            negatives = [rendered[e2].bodies[t2] for e2, t2 in others]
+            longest = min(max(len(b) for b in [r.bodies[t], *negatives]), size // 2)
+            history = (r.prefix, r.headers[:t], r.bodies[:t], r.headers[t])
+            examples.append({"prompt": Renderer.prompt(*history, size - longest),
+                             "prior": Renderer.prompt(r.prefix, [], [], r.headers[t], size - longest),
+                             "reply_prompt": Renderer.prompt(*history, max(size - self.hparams.reply_tokens, size // 2)),
+                             "reference": r.texts[t], "body": r.bodies[t], "negatives": negatives})
         return examples
 
 

@@ -2,10 +2,19 @@
 
     {stage}/perplexity   (the LM metric) with turn-masked labels it is the perplexity of the replies
     {stage}/hits@1       the true reply ranked first among `candidates` (itself and replies drawn from
-                         other episodes of the split) by the model's mean log-likelihood per token;
-                         chance is 1 / candidates
+                         other episodes of the split) by the model's mean log-likelihood per token
+                         given the history; chance is 1 / candidates
+    {stage}/hits@1_pmi   the same candidates ranked by how much the history raised each one's
+                         log-likelihood: log p(reply | history) - log p(reply | no history), summed
+                         over its tokens (pointwise mutual information)
     {stage}/f1           unigram F1 of the greedy reply (up to the turn-end token) against the
                          reference, after ParlAI's normalisation
+
+Why both rankings: a small model's likelihood of a reply is mostly how fluent and common the reply
+is, so likelihood ranking favours generic replies ("haha yes") over the one that fits. Subtracting
+the reply's likelihood without the history leaves what the history contributed, which is what
+ranking is meant to measure. `hits@1` stays the plain likelihood ranking the metric is usually
+reported with. Ties count against the model in both.
 
 The data module installs this callback when it is set up, so `validate` / `test` from a checkpoint
 report the same numbers as training without any callback in the config.
@@ -21,9 +30,10 @@ from xlab.dialogue.text import unigram_f1
 
 
 @torch.no_grad()
-def candidate_scores(model, prompt: list[int], bodies: list[list[int]], max_len: int, pad_id: int) -> torch.Tensor:
-    """Mean log-probability per token of each body after `prompt` (a sequence longer than the
-    context loses tokens from the left of the prompt)."""
+def reply_log_probs(model, prompt: list[int], bodies: list[list[int]], max_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each body after `prompt`, and its number of tokens. A body keeps
+    its first max_len // 2 tokens; a sequence still longer than the context loses tokens from the
+    left of the prompt."""
     rows, spans = [], []
     for body in bodies:
         body = body[: max_len // 2]
@@ -37,16 +47,26 @@ def candidate_scores(model, prompt: list[int], bodies: list[list[int]], max_len:
         batch[i, : len(r)] = torch.tensor(r, device=device)
     logits = model.batch_logits({"input_ids": batch[:, :-1]}).float()
     logp = F.log_softmax(logits, dim=-1).gather(-1, batch[:, 1:, None]).squeeze(-1)  # (N, width - 1)
-    return torch.stack([logp[i, s - 1: e - 1].mean() for i, (s, e) in enumerate(spans)])
+    sums = torch.stack([logp[i, s - 1: e - 1].sum() for i, (s, e) in enumerate(spans)])
+    return sums, torch.tensor([e - s for s, e in spans], dtype=sums.dtype, device=device)
 
 
-def hits_at_1(model, examples: list[dict], max_len: int, pad_id: int) -> float:
-    hits = 0
+def ranked_first(scores: torch.Tensor) -> bool:
+    """Whether candidate 0 (the true reply) beats every other one: a tie is a miss."""
+    return bool((scores[0] > scores[1:]).all())
+
+
+def hits_at_1(model, examples: list[dict], max_len: int, pad_id: int) -> dict[str, float]:
+    """hits@1 (mean log-likelihood per token) and hits@1_pmi (summed log-likelihood given the
+    history minus without it) over `examples`."""
+    hits = {"hits@1": 0, "hits@1_pmi": 0}
     for ex in examples:
-        scores = candidate_scores(model, ex["prompt"], [ex["body"], *ex["negatives"]], max_len, pad_id)
-        # Ties count against the model: the true reply must beat every candidate.
-        hits += int(bool((scores[0] > scores[1:]).all()))
-    return hits / max(1, len(examples))
+        bodies = [ex["body"], *ex["negatives"]]
+        given, lengths = reply_log_probs(model, ex["prompt"], bodies, max_len, pad_id)
+        alone, _ = reply_log_probs(model, ex["prior"], bodies, max_len, pad_id)
+        hits["hits@1"] += ranked_first(given / lengths)
+        hits["hits@1_pmi"] += ranked_first(given - alone)
+    return {name: count / max(1, len(examples)) for name, count in hits.items()}
 
 
 def greedy_replies(model, prompts: list[list[int]], tokenizer, stop_ids: list[int], reply_tokens: int,
@@ -65,7 +85,7 @@ def greedy_replies(model, prompts: list[list[int]], tokenizer, stop_ids: list[in
 
 
 def dialogue_scores(model, datamodule, split: str) -> dict[str, float]:
-    """Hits@1 and F1 of `model` on the split's evaluation examples."""
+    """hits@1, hits@1_pmi and F1 of `model` on the split's evaluation examples."""
     examples = datamodule.eval_examples(split)
     if not examples:
         return {}
@@ -75,16 +95,16 @@ def dialogue_scores(model, datamodule, split: str) -> dict[str, float]:
     try:
         hits = hits_at_1(model, examples, max_len, tokenizer.pad_id)
         stops = [datamodule.renderer.turn_end_id, tokenizer.eos_id]
-        replies = greedy_replies(model, [ex["prompt"] for ex in examples], tokenizer, stops,
+        replies = greedy_replies(model, [ex["reply_prompt"] for ex in examples], tokenizer, stops,
                                  datamodule.hparams.reply_tokens, max_len)
     finally:
         model.train(was_training)
     f1 = sum(unigram_f1(r, ex["reference"]) for r, ex in zip(replies, examples)) / len(examples)
-    return {"hits@1": hits, "f1": f1}
+    return {**hits, "f1": f1}
 
 
 class DialogueMetrics(L.Callback):
-    """Logs {stage}/hits@1 and {stage}/f1 at the end of each validation and test."""
+    """Logs {stage}/hits@1, {stage}/hits@1_pmi and {stage}/f1 at the end of each validation and test."""
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         split = "val" if stage == "val" else "test"
