@@ -9,10 +9,12 @@ refuses with an XLabError is then given to the real CLI, which must print that r
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import json
 import pkgutil
+import textwrap
 import types
 import typing
 
@@ -63,16 +65,26 @@ def model_classes() -> list[type]:
                   key=lambda c: c.__name__)
 
 
+def _set_for_base(klass: type) -> set[str]:
+    """Names `klass.__init__` passes to its base itself (`super().__init__(name=...)`): the CLI, like
+    jsonargparse, does not offer them, so they are not the subclass's settings."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(klass.__init__)))
+    return {kw.arg for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "__init__" for kw in node.keywords if kw.arg}
+
+
 def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
     """The arguments of `cls` and of the bases it forwards `**kwargs` to, by name."""
     params: dict[str, inspect.Parameter] = {}
+    hidden: set[str] = set()
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
             continue
         signature = inspect.signature(klass.__init__)
         for p in signature.parameters.values():
-            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in hidden:
                 params.setdefault(p.name, p)
+        hidden |= _set_for_base(klass)
         if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
             break
     return params
