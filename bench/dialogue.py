@@ -4,6 +4,7 @@
 Usage:
     python bench/dialogue.py                        # conf/dialogue.yaml as it is, on chitchat
     python bench/dialogue.py --steps 300 --episodes 3000 --threads 2
+    python bench/dialogue.py --device cuda          # both fits on the GPU (the recipe's precision)
 
 Trains `conf/dialogue.yaml` twice through the real CLI, with the loss on the replies only
 (`mask_turns: true`) and on every token (`mask_turns: false`), tests both on the same test split
@@ -118,12 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-examples", type=int, default=500,
                         help="test replies scored for Hits@1 and F1 (default 500; the recipe validates on 200)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="where both fits run (default: the recipe's accelerator, a GPU when there is one)")
     parser.add_argument("--workdir", default=None, help="where runs and caches go (default: a temporary folder)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible here; run on a GPU machine or drop --device.")
     sys.argv = sys.argv[:1]  # the CLI runs below get their arguments as lists, not from this command line
     torch.set_num_threads(args.threads)
     extra = ["--data.init_args.max_documents", "null" if args.episodes is None else str(args.episodes),
              "--data.init_args.eval_examples", str(args.eval_examples)]
+    if args.device is not None:
+        extra += ["--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu"]
     with tempfile.TemporaryDirectory() as tmp:
         results = compare(Path(args.workdir or tmp), args.steps, extra)
     print(report(results))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.helpers import ROOT, load_script
 
@@ -70,3 +71,11 @@ def test_chat_from_an_export(trained, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO(TURNS))
     assert load_script("infer").main([str(export), "--chat", "--greedy", "--limit", "12", "--bot-name", "Bot"]) == 0
     assert len(replies_of(capsys.readouterr().out)) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
+def test_bench_refuses_cuda_without_a_gpu(capsys):
+    bench = load_script("bench/dialogue")
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cuda"])
+    assert "no CUDA device is visible" in capsys.readouterr().err
