@@ -31,6 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.peaks import require_device  # noqa: E402
+
 
 def train_and_test(workdir: Path, mask_turns: bool, steps: int | None, extra: list[str]) -> dict[str, float]:
     """Fit the recipe, then test its last checkpoint; the test metrics and the test unigram baseline."""
@@ -123,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where both fits run (default: the recipe's accelerator, a GPU when there is one)")
     parser.add_argument("--workdir", default=None, help="where runs and caches go (default: a temporary folder)")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible here; run on a GPU machine or drop --device.")
+    if args.device is not None:
+        require_device(args.device)
     sys.argv = sys.argv[:1]  # the CLI runs below get their arguments as lists, not from this command line
     torch.set_num_threads(args.threads)
     extra = ["--data.init_args.max_documents", "null" if args.episodes is None else str(args.episodes),

@@ -36,7 +36,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.peaks import clock  # noqa: E402
+from bench.peaks import clock, require_device  # noqa: E402
 from xlab.memory import AssociativeMemory  # noqa: E402
 from xlab.models.memory_gpt2 import MemoryGPT2  # noqa: E402
 
@@ -169,8 +169,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-training", action="store_true", help="only the search comparison")
     args = parser.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device is visible to torch; run with --device cpu.")
+    require_device(args.device)
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     print(f"threads: {args.threads}, faiss GPUs visible: {faiss.get_num_gpus()}")

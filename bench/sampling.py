@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from bench.peaks import clock  # noqa: E402
+from bench.peaks import clock, require_device  # noqa: E402
 
 SHAPES = {
     "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
@@ -139,8 +139,7 @@ def weight_bytes(model) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device is visible to torch; run with --device cpu.")
+    require_device(args.device)
     hf, ours = build_models(args.shape, args.device)
     params = sum(p.numel() for p in {id(p): p for p in ours.parameters()}.values())
     print(f"shape {args.shape} ({params / 1e6:.1f}M parameters), prompt {args.prompt_len}, "

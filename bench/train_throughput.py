@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
 
-from bench.peaks import clock, dense_peak, sync  # noqa: E402
+from bench.peaks import clock, dense_peak, require_device, sync  # noqa: E402
 
 SHAPES = {
     "small": dict(vocab_size=8192, n_layer=6, n_head=6, n_embd=384),  # ~10M parameters + embeddings
@@ -206,8 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--log-every", type=int, default=5, help="steps between logged losses, both loops")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device is visible to torch; run with --device cpu.")
+    require_device(args.device)
     result = measure(args.shape, args.batch_size, args.max_len, args.precision, args.device, args.compile,
                      args.rounds, args.steps, args.log_every)
     median, tokens, peak = result["median"], result["tokens"], result["peak"]

@@ -74,8 +74,8 @@ def test_chat_from_an_export(trained, monkeypatch, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
-def test_bench_refuses_cuda_without_a_gpu(capsys):
+def test_bench_refuses_cuda_without_a_gpu():
     bench = load_script("bench/dialogue")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stopped:
         bench.main(["--device", "cuda"])
-    assert "no CUDA device is visible" in capsys.readouterr().err
+    assert "no CUDA device is visible" in str(stopped.value.code)
