@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
 
+from bench.device import add_device_option, require_device, to_device  # noqa: E402
 from xlab.datamodules import XLabDataModule  # noqa: E402
 from xlab.models import XLabModel  # noqa: E402
 from xlab.models.lm import warmup_cosine  # noqa: E402
@@ -58,11 +59,11 @@ def corpus(cache_dir: str, vocab_size: int) -> XLabDataModule:
 
 
 def train(data: XLabDataModule, arch: dict, schedule: tuple, steps: int, seed: int = 0,
-          val_batches: int | None = None) -> dict:
+          val_batches: int | None = None, device: str = "cpu") -> dict:
     """Train with the model's own optimizer groups and schedule function; validation loss and bpb."""
     lr, warmup_share, floor = schedule
     torch.manual_seed(seed)
-    model = XLabModel(vocab_size=data.vocab_size, learning_rate=lr, **SIZE, **arch)
+    model = XLabModel(vocab_size=data.vocab_size, learning_rate=lr, **SIZE, **arch).to(device)
     optimizer = torch.optim.AdamW(model.parameter_groups(0.1), lr=lr, betas=(0.9, 0.95))
     factor = warmup_cosine(max(1, round(warmup_share * steps)), steps, floor)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -72,7 +73,7 @@ def train(data: XLabDataModule, arch: dict, schedule: tuple, steps: int, seed: i
     done, curve = 0, []
     while done < steps:
         for batch in loader:
-            loss, _ = model.loss_and_stats(batch)
+            loss, _ = model.loss_and_stats(to_device(batch, device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -92,7 +93,7 @@ def evaluate(model, data: XLabDataModule, batches: int | None = None) -> dict:
     for i, batch in enumerate(DataLoader(data.blocks("val"), batch_size=64)):
         if batches is not None and i == batches:
             break
-        _, stats = model.loss_and_stats(batch)
+        _, stats = model.loss_and_stats(to_device(batch, model.device))
         nll, tokens, num_bytes = nll + float(stats["nll_sum"]), tokens + float(stats["tokens"]), num_bytes + float(stats["num_bytes"])
     return {"val_loss": nll / tokens, "bpb": nll / num_bytes / math.log(2)}
 
@@ -110,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="corpus cache root (default: a temporary folder)")
     parser.add_argument("--only", default="", help="filter, e.g. positions=sinusoidal,norm=layernorm")
     parser.add_argument("--schedules", default=",".join(SCHEDULES), help="comma-separated: " + ", ".join(SCHEDULES))
+    add_device_option(parser)
     args = parser.parse_args(argv)
+    require_device(args.device)
     torch.set_num_threads(args.threads)
     only = dict(item.split("=", 1) for item in args.only.split(",") if item)
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.schedules.split(","):
             start, rows = time.perf_counter(), []
             for arch in configs:
-                result = train(data, arch, SCHEDULES[name], args.steps)
+                result = train(data, arch, SCHEDULES[name], args.steps, device=args.device)
                 rows.append((result["val_loss"], result["bpb"], label(arch)))
                 print(f"  {name}: {label(arch)}: val loss {result['val_loss']:.3f}", file=sys.stderr, flush=True)
             rows.sort()

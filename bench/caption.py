@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Captioning evidence on the synthetic shapes: the image matters, the style matters, SCST helps.
 
-    python bench/caption.py [--small] [--meteor] [--threads N]
+    python bench/caption.py [--small] [--meteor] [--threads N] [--device cpu|cuda]
 
 Trained with the real Lightning Trainer and scored on the test split by pycocoevalcap:
     image          CaptionModel (conv encoder) trained with cross-entropy on the images
@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
+
+from bench.device import accelerator, add_device_option, require_device, to_device  # noqa: E402
 
 
 @dataclass
@@ -63,12 +65,12 @@ def data_module(setting: Setting, cache: Path, blank: bool = False, scst: bool =
                              blank_images=blank, every_reference=not scst, max_len=64)
 
 
-def trainer(steps: int):
+def trainer(steps: int, device: str):
     import lightning as L
 
     return L.Trainer(max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     accelerator="cpu", devices=1, gradient_clip_val=1.0)
+                     accelerator=accelerator(device), devices=1, gradient_clip_val=1.0)
 
 
 def model_settings(setting: Setting, data, **kwargs):
@@ -76,13 +78,13 @@ def model_settings(setting: Setting, data, **kwargs):
                 image_size=32, prefix_grid=4, learning_rate=2e-3, warmup_steps=30, weight_decay=0.05, **kwargs)
 
 
-def test_scores(model, data, meteor: bool) -> dict[str, float]:
+def test_scores(model, data, meteor: bool, device: str) -> dict[str, float]:
     model.hparams.meteor = meteor
-    metrics = trainer(1).test(model, data, verbose=False)[0]
+    metrics = trainer(1, device).test(model, data, verbose=False)[0]
     return {k.removeprefix("test/"): float(v) for k, v in metrics.items()}
 
 
-def style_rate(model, data) -> float:
+def style_rate(model, data, device: str) -> float:
     """Share of (test image, style) pairs whose greedy caption reads as the style asked for."""
     from xlab.captions.dataset import collate, prompt_ids
     from xlab.captions.synthetic import detect_style
@@ -90,10 +92,10 @@ def style_rate(model, data) -> float:
 
     dataset = data.dataset("test")
     tokenizer = data.tokenizer
-    batch = collate(tokenizer.pad_id)([dataset[i] for i in range(len(dataset))])
+    batch = to_device(collate(tokenizer.pad_id)([dataset[i] for i in range(len(dataset))]), device)
     settings = GenerationSettings(output_length=32, eos_class=tokenizer.eos_id, temperature=0.0)
     hits = total = 0
-    model.eval()
+    model.to(device).eval()
     with torch.inference_mode():
         prefix = model.encode(batch)
         for style in data.styles:
@@ -104,7 +106,7 @@ def style_rate(model, data) -> float:
     return hits / total
 
 
-def run(setting: Setting, meteor: bool = False, seed: int = 0) -> dict[str, float]:
+def run(setting: Setting, meteor: bool = False, seed: int = 0, device: str = "cpu") -> dict[str, float]:
     import lightning as L
 
     from xlab.models import CaptionModel
@@ -117,15 +119,15 @@ def run(setting: Setting, meteor: bool = False, seed: int = 0) -> dict[str, floa
             L.seed_everything(seed, verbose=False)
             data = data_module(setting, cache, blank=blank)
             model = CaptionModel(**model_settings(setting, data, metric_tokenizer="ptb"))
-            trainer(setting.steps).fit(model, data)
-            for metric, value in test_scores(model, data, meteor).items():
+            trainer(setting.steps, device).fit(model, data)
+            for metric, value in test_scores(model, data, meteor, device).items():
                 results[f"{name}/{metric}"] = value
             trained[name] = (model, data)
         model, data = trained["image"]
-        results["style/recognised"] = style_rate(model, data)
+        results["style/recognised"] = style_rate(model, data, device)
         results["style/chance"] = 1 / len(data.styles)
         checkpoint = cache / "ce.ckpt"
-        torch.save({"state_dict": model.state_dict()}, checkpoint)
+        torch.save({"state_dict": model.cpu().state_dict()}, checkpoint)
         L.seed_everything(seed, verbose=False)
         data = data_module(setting, cache, scst=True)
         scst = CaptionModel(**{**model_settings(setting, data), "learning_rate": setting.scst_learning_rate,
@@ -133,10 +135,10 @@ def run(setting: Setting, meteor: bool = False, seed: int = 0) -> dict[str, floa
                             metric_tokenizer="simple", scst=True, start_checkpoint=str(checkpoint),
                             scst_samples=setting.scst_samples, scst_baseline=setting.scst_baseline,
                             scst_temperature=setting.scst_temperature, scst_ce_weight=setting.scst_ce_weight)
-        trainer(setting.scst_steps).fit(scst, data)
+        trainer(setting.scst_steps, device).fit(scst, data)
         scst.hparams.metric_tokenizer = "ptb"
         results["scst/before_cider"] = results["image/cider"]
-        results["scst/after_cider"] = test_scores(scst, data, meteor=False)["cider"]
+        results["scst/after_cider"] = test_scores(scst, data, False, device)["cider"]
     return results
 
 
@@ -166,12 +168,14 @@ def main(argv: list[str] | None = None) -> None:
     for flag, field, kind, text in SCST_OPTIONS:
         parser.add_argument(flag, type=kind, dest=field, help=f"SCST's {text} (default {getattr(SMALL, field)})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data order and initial weights")
+    add_device_option(parser)
     args = parser.parse_args(argv)
+    require_device(args.device)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     overrides = {field: getattr(args, field) for _, field, _, _ in SCST_OPTIONS if getattr(args, field) is not None}
     setting = replace(SMALL if args.small else Setting(), **overrides)
-    report(run(setting, meteor=args.meteor, seed=args.seed))
+    report(run(setting, meteor=args.meteor, seed=args.seed, device=args.device))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.peaks import require_device  # noqa: E402
+from bench.device import require_device  # noqa: E402
 
 
 def train_and_test(workdir: Path, mask_turns: bool, steps: int | None, extra: list[str]) -> dict[str, float]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Transfer: does pretraining on one corpus help on another? Fine-tuned vs from scratch.
 
-    python bench/finetune.py [--pretrain-steps 400] [--steps 150] [--every 25] [--threads 1]
+    python bench/finetune.py [--pretrain-steps 400] [--steps 150] [--every 25] [--threads 1] [--device cpu|cuda]
 
 1. Pretrain a small Llama-shaped XLabModel (the defaults.yaml architecture, 2 layers) on the
    embedded corpus (CPython's documentation) with its sentencepiece tokenizer.
@@ -31,6 +31,8 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
+
+from bench.device import accelerator, add_device_option, require_device  # noqa: E402
 
 SHAPE = dict(n_layer=2, n_head=4, n_embd=128, positions="rotary", norm="rmsnorm", activation="swiglu", bias=False)
 MAX_LEN, BATCH, VOCAB = 128, 16, 2048
@@ -67,11 +69,11 @@ class ValLosses(L.Callback):
             self.losses[trainer.global_step] = float(trainer.callback_metrics["val/loss"])
 
 
-def train(model, data, steps: int, every: int):
+def train(model, data, steps: int, every: int, device: str = "cpu"):
     recorder = ValLosses()
     trainer = L.Trainer(max_steps=steps, val_check_interval=every, check_val_every_n_epoch=None,
                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", devices=1, callbacks=[recorder],
+                        enable_model_summary=False, accelerator=accelerator(device), devices=1, callbacks=[recorder],
                         gradient_clip_val=1.0, inference_mode=False)  # validate() before fit() shares metric states
     trainer.validate(model, data, verbose=False)
     recorder.losses[0] = float(trainer.callback_metrics["val/loss"])
@@ -85,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=150, help="fine-tuning / from-scratch steps")
     parser.add_argument("--every", type=int, default=25, help="validate every this many steps")
     parser.add_argument("--threads", type=int, default=1)
+    add_device_option(parser)
     args = parser.parse_args(argv)
+    require_device(args.device)
     torch.set_num_threads(args.threads)
 
     from xlab.datamodules import XLabDataModule
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                               max_len=MAX_LEN, batch_size=BATCH)
         pretrained = XLabModel(vocab_size=docs.vocab_size, max_len=MAX_LEN, learning_rate=2e-3, warmup_steps=50,
                                **SHAPE)
-        pretrain = train(pretrained, docs, args.pretrain_steps, args.pretrain_steps)
+        pretrain = train(pretrained, docs, args.pretrain_steps, args.pretrain_steps, args.device)
         ckpt = tmp / "pretrained.ckpt"
         pretrained.trainer.save_checkpoint(ckpt, weights_only=False)
         export_hf_(export_checkpoint_(ckpt, tmp / "export"), tmp / "hf")
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             data = XLabDataModule(**prose)
             start = {"init_from": str(tmp / "hf")} if name == "fine-tuned" else SHAPE
             model = XLabModel(vocab_size=data.vocab_size, max_len=MAX_LEN, learning_rate=1e-3, warmup_steps=20, **start)
-            results[name] = train(model, data, args.steps, args.every)
+            results[name] = train(model, data, args.steps, args.every, args.device)
         meta = data.meta["splits"]
 
     print(f"pretraining: embedded corpus, {args.pretrain_steps} steps, val loss {pretrain[args.pretrain_steps]:.3f}")

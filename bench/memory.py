@@ -36,7 +36,8 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.peaks import clock, require_device  # noqa: E402
+from bench.device import add_device_option, require_device  # noqa: E402
+from bench.peaks import clock  # noqa: E402
 from xlab.memory import AssociativeMemory  # noqa: E402
 from xlab.models.memory_gpt2 import MemoryGPT2  # noqa: E402
 
@@ -166,7 +167,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_option(parser, "where the memory searches and the models train")
     parser.add_argument("--skip-training", action="store_true", help="only the search comparison")
     args = parser.parse_args()
     require_device(args.device)

@@ -2,6 +2,7 @@
 """Does the memory help? MemoryGPT2 with the memory on vs off on the synthetic recall task.
 
     python bench/memory_recall.py [--steps 600] [--facts 8] [--keys 1024] [--values 16] [--seed 0]
+                                  [--device cpu|cuda]
 
 Both runs train the same transformer (same seed, so the same initial weights), on the same
 documents in the same order, for the same steps; only `use_memory` differs. Each question sits
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
+from bench.device import accelerator, add_device_option, require_device  # noqa: E402
 from xlab.datamodules.sources.recall import RecallSource  # noqa: E402
 from xlab.datamodules.streams import StreamDataModule  # noqa: E402
 from xlab.models.memory_gpt2 import MemoryGPT2  # noqa: E402
@@ -33,7 +35,7 @@ from xlab.models.memory_gpt2 import MemoryGPT2  # noqa: E402
 def recall_run(use_memory: bool, cache_dir: str, steps: int = 600, facts: int = 8, keys: int = 1024,
                values: int = 16, documents: int | None = None, n_layer: int = 2, n_head: int = 2,
                n_embd: int = 64, batch_size: int = 8, seed: int = 0, log_dir: str | None = None,
-               **model_args) -> dict[str, float]:
+               device: str = "cpu", **model_args) -> dict[str, float]:
     """Train for `steps` and validate; returns answer_accuracy, loss and the wall time.
     `model_args` override MemoryGPT2's settings below."""
     max_len = 3 * facts
@@ -54,13 +56,13 @@ def recall_run(use_memory: bool, cache_dir: str, steps: int = 600, facts: int = 
     model_settings.update(model_args)
     model = MemoryGPT2(**model_settings)
     logger = L.pytorch.loggers.TensorBoardLogger(log_dir, name="memory_on" if use_memory else "memory_off") if log_dir else False
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, logger=logger,
+    trainer = L.Trainer(accelerator=accelerator(device), devices=1, max_steps=steps, max_epochs=-1, logger=logger,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=10)
     started = time.perf_counter()
     trainer.fit(model, datamodule=data)
     seconds = time.perf_counter() - started
-    evaluator = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+    evaluator = L.Trainer(accelerator=accelerator(device), devices=1, logger=False, enable_progress_bar=False,
                           enable_model_summary=False)
     metrics = evaluator.validate(model, datamodule=data, verbose=False)[0]
     return {"answer_accuracy": metrics["val/answer_accuracy"], "loss": metrics["val/loss"], "seconds": seconds}
@@ -75,12 +77,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log_dir", default=None, help="write TensorBoard logs (memory telemetry) here")
+    add_device_option(parser)
     args = parser.parse_args()
+    require_device(args.device)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as cache:
         results = {on: recall_run(on, cache, args.steps, args.facts, args.keys, args.values, seed=args.seed,
-                                  log_dir=args.log_dir) for on in (True, False)}
+                                  log_dir=args.log_dir, device=args.device) for on in (True, False)}
     print(f"recall task: {args.facts} facts per document, {args.keys} keys, {args.values} values "
           f"(chance {1 / args.values:.3f}), {args.steps} steps, seed {args.seed}")
     for on, r in results.items():

@@ -2,6 +2,7 @@
 """Does the memory pay on real text? MemoryGPT2 with the memory on and off, on long documents.
 
     python bench/memory_text.py [--steps 200] [--max_len 64] [--wikitext PATH] [--sources cpython,wikitext]
+                                [--device cpu|cuda]
 
 For each source both runs train the same transformer (same seed, so the same initial weights) on
 the same blocks in the same order for the same steps; only `use_memory` differs, and every memory
@@ -36,6 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
+from bench.device import accelerator, add_device_option, require_device  # noqa: E402
 from xlab.datamodules.streams import StreamDataModule  # noqa: E402
 from xlab.models.memory_gpt2 import MemoryGPT2  # noqa: E402
 
@@ -94,18 +96,19 @@ def build_data(source: dict, cache_dir: str, max_len: int, vocab_size: int, batc
 
 
 def train(data: StreamDataModule, use_memory: bool, steps: int, n_layer: int, n_embd: int, seed: int,
-          **overrides) -> MemoryGPT2:
+          device: str = "cpu", **overrides) -> MemoryGPT2:
     L.seed_everything(seed, verbose=False)
-    settings = {**memory_settings(), "memory_device": "cpu", **overrides}
+    # auto: the memory follows the model, onto the GPU for training and back when Lightning is done
+    settings = {**memory_settings(), "memory_device": "cpu" if device == "cpu" else "auto", **overrides}
     model = MemoryGPT2(vocab_size=data.vocab_size, sos_id=data.sos_id, eos_id=data.eos_id, pad_id=data.pad_id,
                        max_len=data.hparams.max_len, n_layer=n_layer, n_head=max(1, n_embd // 32), n_embd=n_embd,
                        dropout=0.0, use_memory=use_memory, learning_rate=2e-3, warmup_steps=max(1, steps // 10),
                        **settings)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, logger=False,
+    trainer = L.Trainer(accelerator=accelerator(device), devices=1, max_steps=steps, max_epochs=-1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0, precision="32-true", gradient_clip_val=1.0)
     trainer.fit(model, datamodule=data)
-    return model.eval()
+    return model.to(device).eval()
 
 
 @torch.no_grad()
@@ -119,7 +122,8 @@ def document_losses(model: MemoryGPT2, data: StreamDataModule) -> tuple[np.ndarr
     total, count = np.zeros(len(offsets)), np.zeros(len(offsets))
     T = blocks.block_size
     for step, batch in enumerate(loader):
-        losses = F.cross_entropy(model(batch["input_ids"]).flatten(0, 1), batch["labels"].flatten(), reduction="none")
+        logits = model(batch["input_ids"].to(model.device))
+        losses = F.cross_entropy(logits.flatten(0, 1), batch["labels"].to(model.device).flatten(), reduction="none").cpu()
         starts = np.array([r * blocks.stream_length + step * T for r in range(blocks.rows)])
         where = (starts[:, None] + np.arange(T)[None] + 1).reshape(-1)  # each label's place in the split
         document = np.searchsorted(offsets, where, side="right") - 1
@@ -158,7 +162,7 @@ def continuation_perplexity(model: MemoryGPT2, data: StreamDataModule, filled: b
     long_ones = [(s, e) for s, e in zip(offsets, ends) if e - s > 4 * T][:documents]
     total = count = 0.0
     for start, end in long_ones:
-        doc = torch.as_tensor(np.asarray(tokens[start:end], dtype=np.int64))
+        doc = torch.as_tensor(np.asarray(tokens[start:end], dtype=np.int64), device=model.device)
         prompt_start, target_start = len(doc) - T, len(doc) - continuation
         model.clear_state()
         model.set_generation_writes(filled)
@@ -178,14 +182,15 @@ def continuation_perplexity(model: MemoryGPT2, data: StreamDataModule, filled: b
 
 def text_run(source: dict, cache_dir: str, steps: int = 400, max_len: int = 128, n_layer: int = 4, n_embd: int = 128,
              vocab_size: int = 4096, batch_size: int = 8, seed: int = 0, continuation: int = 32,
-             sampling_documents: int = 8, max_documents: int | None = None, **overrides) -> dict:
+             sampling_documents: int = 8, max_documents: int | None = None, device: str = "cpu",
+             **overrides) -> dict:
     """Train with the memory on and off and measure both; `overrides` change memory settings."""
     data = build_data(source, cache_dir, max_len, vocab_size, batch_size, seed, max_documents)
     contexts = lengths_in_contexts(data)
     result = {"documents": len(contexts), "long_documents": int((contexts > 4).sum())}
     for on in (True, False):
         started = time.perf_counter()
-        model = train(data, on, steps, n_layer, n_embd, seed, **overrides)
+        model = train(data, on, steps, n_layer, n_embd, seed, device, **overrides)
         seconds = time.perf_counter() - started
         result[on] = {"buckets": by_bucket(*document_losses(model, data), contexts), "seconds": seconds}
         if on:
@@ -217,7 +222,9 @@ def main() -> None:
     parser.add_argument("--wikitext", default=None, help="a local WikiText copy (save_to_disk folder or data files)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache_dir", default=None, help="keep the tokenized corpora here between runs")
+    add_device_option(parser)
     args = parser.parse_args()
+    require_device(args.device)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print(f"{args.n_layer} layers x {args.n_embd}, context {args.max_len}, {args.steps} steps, seed {args.seed}; "
@@ -226,7 +233,8 @@ def main() -> None:
         for name in args.sources.split(","):
             source = cpython_source() if name == "cpython" else wikitext_source(args.wikitext, Path(tmp) / "wikitext")
             cache = str(Path(args.cache_dir or tmp) / f"cache-{name}")
-            r = text_run(source, cache, args.steps, args.max_len, args.n_layer, args.n_embd, seed=args.seed)
+            r = text_run(source, cache, args.steps, args.max_len, args.n_layer, args.n_embd, seed=args.seed,
+                         device=args.device)
             report(name if name == "cpython" else f"wikitext ({args.wikitext or 'installed distributions'})", r)
 
 

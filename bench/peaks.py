@@ -81,12 +81,6 @@ def dense_peak(device: torch.device, precision: str) -> tuple[float, str]:
                       f"{measured / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} thread(s))")
 
 
-def require_device(device: str) -> None:
-    """Stop in one line when a bench is asked for a GPU that torch cannot see."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible to torch; run with --device cpu.")
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

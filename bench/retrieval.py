@@ -157,6 +157,12 @@ def main() -> None:
                         help="cpu hides GPUs from faiss; default: a GPU when faiss sees one")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size in this process
     args = parser.parse_args()
+    if args.device == "cuda":
+        import faiss
+
+        if faiss.get_num_gpus() == 0:
+            sys.exit("--device cuda: faiss sees no GPU (a CPU build of faiss, or no visible CUDA device); "
+                     "run with --device cpu.")
     if args.one:
         print(json.dumps(run_one(args.one, args.dim, args.budget, args.search_budget, args.factory,
                                  args.target_recall)))

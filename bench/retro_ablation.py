@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
 
+from bench.device import add_device_option, require_device, to_device  # noqa: E402
 from xlab.datamodules.datasets import BlockDataset
 from xlab.datamodules.retro import RetroEvalDataset, RetroTrainDataset
 from xlab.models import RetroModel, XLabModel
@@ -93,7 +94,7 @@ def train_(model, loader: DataLoader, s: Setting) -> None:
         for batch in loader:
             for group in optimizer.param_groups:  # short warmup, then constant
                 group["lr"] = s.lr * min(1.0, (step + 1) / 50)
-            loss, _ = model.loss_and_stats(batch)
+            loss, _ = model.loss_and_stats(to_device(batch, model.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -108,12 +109,12 @@ def evaluate(model, dataset) -> float:
     model.eval()
     nll, tokens = 0.0, 0
     for batch in DataLoader(dataset, batch_size=64):
-        _, stats = model.loss_and_stats(batch)
+        _, stats = model.loss_and_stats(to_device(batch, model.device))
         nll, tokens = nll + float(stats["nll_sum"]), tokens + int(stats["tokens"])
     return nll / tokens
 
 
-def run(s: Setting, verbose: bool = False) -> dict[str, float]:
+def run(s: Setting, verbose: bool = False, device: str = "cpu") -> dict[str, float]:
     train_tokens, offsets, val_tokens = corpus(s)
     token_bytes = np.ones(s.vocab, dtype=np.int64)
     results = {}
@@ -123,7 +124,7 @@ def run(s: Setting, verbose: bool = False) -> dict[str, float]:
                                        pad_id=PAD)
         torch.manual_seed(s.seed)
         retro = RetroModel(vocab_size=s.vocab, pad_id=PAD, max_len=s.max_len, n_layer=s.n_layer, n_head=s.n_head,
-                           n_embd=s.n_embd, chunk_size=s.chunk_size, enc_dim=s.enc_dim, enc_depth=1)
+                           n_embd=s.n_embd, chunk_size=s.chunk_size, enc_dim=s.enc_dim, enc_depth=1).to(device)
         started = time.time()
         loader = DataLoader(RetroTrainDataset(db, token_bytes, "neighbours", s.k, s.seed), batch_size=s.batch_size,
                             shuffle=True, drop_last=True)
@@ -137,7 +138,7 @@ def run(s: Setting, verbose: bool = False) -> dict[str, float]:
 
         torch.manual_seed(s.seed)
         decoder = XLabModel(vocab_size=s.vocab, pad_id=PAD, max_len=s.max_len, n_layer=s.n_layer, n_head=s.n_head,
-                            n_embd=s.n_embd, positions="rotary", norm="rmsnorm", activation="gelu", bias=False)
+                            n_embd=s.n_embd, positions="rotary", norm="rmsnorm", activation="gelu", bias=False).to(device)
         started = time.time()
         train_(decoder, DataLoader(BlockDataset(train_tokens, s.max_len, s.max_len, token_bytes),
                                    batch_size=s.batch_size, shuffle=True, drop_last=True), s)
@@ -151,10 +152,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="the test's setting (about 20 s on one thread)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    add_device_option(parser)
     args = parser.parse_args()
+    require_device(args.device)
     torch.set_num_threads(args.threads)
     s = SMALL if args.small else FULL
-    results = run(s, verbose=True)
+    results = run(s, verbose=True, device=args.device)
     print(f"validation loss (uniform guess: {np.log(s.vocab - 4):.3f})")
     for name, loss in results.items():
         print(f"  {name:<18} {loss:.3f}")

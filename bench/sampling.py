@@ -33,7 +33,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from bench.peaks import clock, require_device  # noqa: E402
+from bench.device import add_device_option, require_device  # noqa: E402
+from bench.peaks import clock  # noqa: E402
 
 SHAPES = {
     "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
@@ -50,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="default: 1 8")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per decoder and case (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="device of both models (default: cuda when visible, else cpu)")
+    add_device_option(parser, "device of both models")
     return parser
 
 

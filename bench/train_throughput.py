@@ -37,7 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
 
-from bench.peaks import clock, dense_peak, require_device, sync  # noqa: E402
+from bench.device import add_device_option, require_device  # noqa: E402
+from bench.peaks import clock, dense_peak, sync  # noqa: E402
 
 SHAPES = {
     "small": dict(vocab_size=8192, n_layer=6, n_head=6, n_embd=384),  # ~10M parameters + embeddings
@@ -194,7 +195,7 @@ def measure(shape: str = "small", batch_size: int = 4, max_len: int = 128, preci
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_option(parser, "device of every timed step")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-len", type=int, default=128)

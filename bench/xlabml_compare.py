@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
 
+from bench.device import add_device_option, require_device, to_device  # noqa: E402
 from xlab.datamodules import XLabDataModule  # noqa: E402
 from xlab.models import XLabModel  # noqa: E402
 from xlab.models.lm import warmup_cosine  # noqa: E402
@@ -64,9 +65,11 @@ def optimizer_for(model, args):
 def evaluate(model, data, batches: int) -> tuple[float, float]:
     model.eval()
     nll = tokens = num_bytes = 0.0
+    device = next(model.parameters()).device
     for i, batch in enumerate(DataLoader(data.blocks("val"), batch_size=16)):
         if i == batches:
             break
+        batch = to_device(batch, device)
         logits = logits_of(model, batch["input_ids"])
         nll += float(F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="sum"))
         tokens += batch["labels"].numel()
@@ -89,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-batches", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", default=None)
+    add_device_option(parser)
     args = parser.parse_args(argv)
+    require_device(args.device)
     torch.set_num_threads(args.threads)
     original_model(8, argparse.Namespace(context=8, width=8, layers=1, heads=1))  # fails early if xlabml is missing
     data = XLabDataModule(sources=[{"kind": "embedded"}], cache_dir=args.cache_dir, vocab_size=args.vocab_size,
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     for name, build in (("original", original_model), ("xlab", xlab_model)):
         torch.manual_seed(0)
-        model = build(vocab, args).train()
+        model = build(vocab, args).to(args.device).train()
         models[name] = (model, *optimizer_for(model, args))
     curves = {name: [] for name in models}
     loader = DataLoader(data.blocks("train"), batch_size=args.batch_size, shuffle=True, drop_last=True,
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     step = 0
     while step < args.steps:
         for batch in loader:
+            batch = to_device(batch, args.device)
             # Interleaved: the same batch for both, so machine noise and data order hit both alike.
             for name, (model, optimizer, scheduler) in models.items():
                 logits = logits_of(model, batch["input_ids"])
