@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.device import require_device  # noqa: E402
+from bench.device import accelerator, require_device  # noqa: E402
 
 
 def train_and_test(workdir: Path, mask_turns: bool, steps: int | None, extra: list[str]) -> dict[str, float]:
@@ -125,14 +125,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="where both fits run (default: the recipe's accelerator, a GPU when there is one)")
     parser.add_argument("--workdir", default=None, help="where runs and caches go (default: a temporary folder)")
     args = parser.parse_args(argv)
-    if args.device is not None:
+    device = [] if args.device is None else ["--trainer.accelerator", accelerator(args.device)]
+    if device:
         require_device(args.device)
     sys.argv = sys.argv[:1]  # the CLI runs below get their arguments as lists, not from this command line
     torch.set_num_threads(args.threads)
     extra = ["--data.init_args.max_documents", "null" if args.episodes is None else str(args.episodes),
-             "--data.init_args.eval_examples", str(args.eval_examples)]
-    if args.device is not None:
-        extra += ["--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu"]
+             "--data.init_args.eval_examples", str(args.eval_examples), *device]
     with tempfile.TemporaryDirectory() as tmp:
         results = compare(Path(args.workdir or tmp), args.steps, extra)
     print(report(results))
