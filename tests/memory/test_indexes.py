@@ -1,7 +1,5 @@
 """xlab.memory.indexes: which faiss index each index_type builds, its settings, training,
-removal support, serialization, HNSW reseeding and the CPU fallback of GPU search."""
-
-import warnings
+removal support and serialization, and HNSW reseeding."""
 
 import faiss
 import numpy as np
@@ -114,23 +112,3 @@ def test_a_failed_training_is_a_one_line_error():
     with pytest.raises(XLabError, match=r"index_type 'PQ2x8' could not be trained on 10 stored vectors: ") as error:
         indexes.train(index, vectors(10), "PQ2x8")
     assert "\n" not in str(error.value)
-
-
-def test_cpu_search_is_the_index_own_search():
-    index = build("flat")
-    index.add_with_ids(vectors(40), np.arange(40))
-    searcher = indexes.GpuSearcher("cpu")
-    assert not searcher.enabled
-    queries = vectors(3, seed=2)
-    for a, b in zip(searcher.search(index, queries, 4), index.search(queries, 4)):
-        assert np.array_equal(a, b)
-
-
-@pytest.mark.skipif(indexes.gpu_available(), reason="faiss sees a GPU here")
-def test_asking_for_cuda_without_a_gpu_warns_and_searches_on_the_cpu():
-    with pytest.warns(UserWarning, match="faiss sees no GPU"):
-        searcher = indexes.GpuSearcher("cuda")
-    assert not searcher.enabled
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert not indexes.GpuSearcher("auto").enabled  # auto falls back quietly

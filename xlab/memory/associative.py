@@ -16,6 +16,7 @@ from xlab.errors import XLabError
 from xlab.memory import indexes
 from xlab.memory.checks import check_choice, check_float, check_int
 from xlab.memory.device_search import DeviceFlatSearch
+from xlab.memory.index_copy import GpuSearcher
 from xlab.memory.selection import GatherBuffer, padded, select, select_skipping_tombstones
 
 EVICTIONS = ("lowest_weight", "oldest")
@@ -68,8 +69,8 @@ class AssociativeMemory:
     (flat, or the stand-in before training) as a matmul and top-k over a device copy of the
     stored vectors, updated in place by adds and removals, so nothing crosses to the host;
     other indexes through a faiss GPU copy when faiss sees a GPU, which adds update in place
-    and removals re-make (faiss GPU indexes cannot remove). The host arrays and the CPU index
-    stay the ones that are aged, evicted and saved.
+    and removals leave tombstones in (faiss GPU indexes cannot remove; see `index_copy`). The
+    host arrays and the CPU index stay the ones that are aged, evicted and saved.
     """
 
     def __init__(
@@ -116,7 +117,7 @@ class AssociativeMemory:
         )
         self._train_multiple = check_int("train_multiple", train_multiple, 1)
         self.device = check_choice("device", device, DEVICES)
-        self._gpu = indexes.GpuSearcher(self.device)
+        self._gpu = GpuSearcher(self.device)
         self._device_copy = DeviceFlatSearch(self.metric)
         self._gathered = GatherBuffer(self.dim)
         self._next_id = 0
@@ -356,15 +357,16 @@ class AssociativeMemory:
         self._ages[slots] = 0
         self._offset = None
         self._device_copy.clear(slots)
-        self._changed()
         if self._removable:
             self._index.remove_ids(ids)
         elif self._tombstones() > self.tombstone_fraction * self._index.ntotal:
             self._rebuild()
+        self._gpu.removed(len(self), self.tombstone_fraction)
 
     def _rebuild(self) -> None:
         # reset() keeps the graph parameters and any trained codebooks; only the entries go.
         self._index.reset()
+        self._changed()
         if len(self):
             self._insert(self._vectors[self._live_slots], self._live_ids)
 
@@ -395,8 +397,9 @@ class AssociativeMemory:
         """faiss search padded to (B, k): labels, scores, slots, valid."""
         if not len(self) or not len(q):
             return padded(len(q), k)
-        if self._tombstones():
-            return select_skipping_tombstones(self._faiss_search, self._lookup, q, k, len(self), self._index.ntotal)
+        total = self._gpu.total(self._index)  # a GPU copy may still hold removed entries
+        if total > len(self):
+            return select_skipping_tombstones(self._faiss_search, self._lookup, q, k, len(self), total)
         return select(self._faiss_search, self._lookup, q, k, len(self))
 
     def _faiss_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Building, probing, serializing and GPU-cloning the faiss indexes behind `AssociativeMemory`.
+"""Building, probing and serializing the faiss indexes behind `AssociativeMemory`.
 
 Every index built here is addressed by the memory's stable ids (`add_with_ids`): IVF indexes
 store ids natively, everything else is wrapped in `IndexIDMap`. IVF is never wrapped, because
@@ -8,7 +8,6 @@ does not do.
 
 from __future__ import annotations
 
-import warnings
 
 import faiss
 import numpy as np
@@ -97,7 +96,7 @@ def _from_factory(spec: str, dim: int, faiss_metric: int, capacity: int) -> fais
     except RuntimeError as error:
         raise XLabError(
             f"unknown index_type {spec!r}: use 'flat', 'ivf', 'hnsw' or a faiss index_factory "
-            f"string ({_first_line(error)})"
+            f"string ({faiss_message(error)})"
         ) from None
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
@@ -146,7 +145,7 @@ def train(index: faiss.Index, vectors: np.ndarray, spec: str) -> None:
     except RuntimeError as error:
         raise XLabError(
             f"index_type {spec!r} could not be trained on {len(vectors)} stored vectors: "
-            f"{_first_line(error)}"
+            f"{faiss_message(error)}"
         ) from None
 
 
@@ -180,59 +179,7 @@ def gpu_available() -> bool:
     return faiss.get_num_gpus() > 0
 
 
-class GpuSearcher:
-    """Runs searches on a GPU copy of the CPU index when faiss sees a GPU, else on the CPU.
-
-    The CPU index stays the one that is mutated and saved. Adds reach the copy in place; faiss
-    GPU indexes cannot remove entries, so a removal (or training) drops the copy and the next
-    search makes it again.
-    """
-
-    def __init__(self, device: str) -> None:
-        self.enabled = device != "cpu" and gpu_available()
-        if device == "cuda" and not self.enabled:
-            warnings.warn("device='cuda' but faiss sees no GPU; the memory index runs on the CPU")
-        self._resources = None
-        self._copy = None
-
-    def invalidate(self) -> None:
-        self._copy = None
-
-    def added(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """The CPU index gained these entries: add them to the GPU copy in place rather than
-        copying the whole index again on the next search."""
-        if self._copy is None:
-            return
-        try:
-            self._copy.add_with_ids(vectors, ids)
-        except (RuntimeError, AttributeError):
-            self._copy = None
-
-    def search(self, index: faiss.Index, queries: np.ndarray, k: int):
-        if self.enabled and k <= GPU_MAX_K and gpu_available():
-            if self._copy is None:
-                self._copy = self._to_gpu(index)
-            if self._copy is not None:
-                return self._copy.search(queries, k)
-        return index.search(queries, k)
-
-    def _to_gpu(self, index: faiss.Index) -> faiss.Index | None:
-        try:
-            if self._resources is None:
-                self._resources = faiss.StandardGpuResources()
-            copy = faiss.index_cpu_to_gpu(self._resources, 0, index)
-            ivf = faiss.try_extract_index_ivf(index)
-            if ivf is not None:
-                # Set explicitly: not every faiss version's cloner carries nprobe over.
-                faiss.GpuParameterSpace().set_index_parameter(copy, "nprobe", ivf.nprobe)
-            return copy
-        except (RuntimeError, AttributeError) as error:
-            reason = _first_line(error)
-            warnings.warn(f"faiss cannot put this index on the GPU, searching on the CPU: {reason}")
-            self.enabled = False
-            return None
-
-
-def _first_line(error: BaseException) -> str:
+def faiss_message(error: BaseException) -> str:
+    """The last non-empty line of a faiss error: its C++ exceptions end with the message itself."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
