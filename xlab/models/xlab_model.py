@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from xlab.errors import XLabError
 from xlab.models.blocks import (INIT_STD, Activation, Block, KVCache, NormKind, Rotary, attention_mask, init_gpt2_weights, make_norm,
                                 position_ids, sinusoidal_table)
+from xlab.models.decode_head import DecodeHead
 from xlab.models.lm import LanguageModel
 
 
@@ -110,6 +111,7 @@ class XLabModel(LanguageModel):
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         if tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
+        self._decode_head = DecodeHead()
         init_gpt2_weights(self, n_layer)
         if start is not None:
             from xlab.models.pretrained import load_starting_weights
@@ -151,6 +153,8 @@ class XLabModel(LanguageModel):
         mask = attention_mask(T, past, padding_mask, x.device)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, positions, mask, cache, layer)
+        x = self.transformer.ln_f(x)
         if cache is not None:
             cache.advance(T)
-        return self.lm_head(self.transformer.ln_f(x))
+            return self._decode_head(self.lm_head, x)
+        return self.lm_head(x)
