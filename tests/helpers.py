@@ -3,6 +3,7 @@ models with decisive logits. Tests import them from here, never from another tes
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import random
@@ -106,3 +107,8 @@ def write_dialogue_episodes(path: Path, count: int = 200, seed: int = 0) -> Path
         lines.append(json.dumps({"id": f"talk-{i}", "source": "test", "context": "", "personas": {}, "turns": turns}))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def digest(tensor: torch.Tensor) -> str:
+    """A short fingerprint of a tensor's exact bytes."""
+    return hashlib.sha256(tensor.detach().contiguous().cpu().numpy().tobytes()).hexdigest()[:16]

@@ -19,9 +19,9 @@ from xlab.datamodules.sources.recall import RecallSource
 from xlab.datamodules.streams import StreamDataModule
 from xlab.errors import XLabError
 from xlab.models.memory_access import TAG_SCORE, MemoryAccess
-from xlab.models.memory_gpt2 import MemoryGPT2
+from xlab.models.memory_gpt2 import READING_RECORD, MemoryGPT2
 
-from tests.helpers import load_script
+from tests.helpers import digest, load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 48
@@ -479,15 +479,29 @@ def test_memory_beats_no_memory_on_the_recall_task(tmp_path):
     assert on["loss"] < off["loss"] - 0.1
 
 
+def reading_of(state: dict) -> dict:
+    """A rank's own part of a memory state: its rows' documents, waiting entries and open documents."""
+    return {"rows": state["rows"].tolist(), "next_serial": int(state["next_serial"]),
+            "carry": digest(state["carry"]) if "carry" in state else None,
+            "open": state["open_ids"].tolist() if "open_ids" in state else []}
+
+
 class MemoryDigest(L.Callback):
-    """Test-only: each rank writes the fingerprint of the memory it ends training with."""
+    """Test-only: each rank writes the fingerprint of the memory it ends training with, and the
+    reading state it starts a resumed run with."""
 
     def __init__(self, folder: str):
         self.folder = folder
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.ckpt_path:
+            reading = reading_of(pl_module.memory.get_extra_state())
+            Path(self.folder, f"resumed{trainer.global_rank}.json").write_text(json.dumps(reading))
+
     def on_train_end(self, trainer, pl_module) -> None:
         record = {"digest": pl_module.memory_digest(), "size": len(pl_module.memory.entries),
-                  "adds": pl_module.memory.entries.stats()["adds"]}
+                  "adds": pl_module.memory.entries.stats()["adds"],
+                  "reading": reading_of(pl_module.memory.get_extra_state())}
         Path(self.folder, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
@@ -514,9 +528,22 @@ def test_ddp_ranks_hold_the_same_memory_as_the_checkpoint(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert ranks[0] == ranks[1] and ranks[0]["size"] > 0
+    shared = [{key: value for key, value in rank.items() if key != "reading"} for rank in ranks]
+    assert shared[0] == shared[1] and ranks[0]["size"] > 0
     last = next((tmp_path / "runs").rglob("last.ckpt"))
     restored = MemoryGPT2.load_from_checkpoint(last, weights_only=True)
     assert restored.memory_digest() == ranks[0]["digest"]
     # Each rank read different blocks (3 rows of 12 tokens per step); both ranks' entries are in.
     assert ranks[0]["adds"] > 6 * 3 * 12
+
+    # Each rank's own rows travel in the checkpoint, and a resumed rank continues with its own.
+    saved = torch.load(last, weights_only=True)[READING_RECORD]
+    assert [reading_of(state) for state in saved] == [rank["reading"] for rank in ranks]
+    assert ranks[0]["reading"]["rows"] != ranks[1]["reading"]["rows"]
+    assert {row % 2 for row in ranks[1]["reading"]["rows"]} == {1}  # rank 1's documents: odd numbers
+    resume = [*args, "--trainer.max_steps", "7", "--ckpt_path", str(last)]
+    run = subprocess.run([sys.executable, str(ROOT / "xlab.py"), "fit", *resume], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for r in range(2):
+        assert json.loads((tmp_path / f"resumed{r}.json").read_text()) == ranks[r]["reading"]

@@ -12,7 +12,6 @@ through a sliding window, and a memory state saved by that implementation.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -23,6 +22,8 @@ import torch
 from xlab import inference
 from xlab.files import write_text_, written_aside_
 from xlab.models.memory_gpt2 import MemoryGPT2
+
+from tests.helpers import digest
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = HERE / "memory_gpt2_reference.json"
@@ -46,10 +47,6 @@ def batches(count: int, rows: int = 3, length: int = 16) -> list[torch.Tensor]:
         ends = torch.rand(rows, length + 1, generator=generator) < 0.08
         out.append(torch.where(ends, torch.full_like(ids, EOS), ids))
     return out
-
-
-def digest(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.detach().contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
 def memory_facts(model: MemoryGPT2) -> dict:

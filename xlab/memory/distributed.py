@@ -35,3 +35,13 @@ def world_and_rank() -> tuple[int, int]:
     if not (dist.is_available() and dist.is_initialized()):
         return 1, 0
     return dist.get_world_size(), dist.get_rank()
+
+
+def gather_objects(value: object) -> list | None:
+    """Every rank's `value` in rank order (pickled across); None without a process group of two
+    or more, where there is nothing to gather."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

@@ -16,8 +16,15 @@ from torch import Tensor, nn
 
 from xlab.errors import XLabError
 from xlab.memory.associative import AssociativeMemory, MemoryReadout
-from xlab.memory.distributed import gather_rows, world_and_rank as _world
+from xlab.memory.distributed import gather_objects, gather_rows, world_and_rank as _world
 from xlab.memory.votes import PendingDeletes
+
+
+# The parts of the saved state that belong to one data-parallel rank rather than to the shared
+# entries: its rows' documents and waiting entries, the votes its reads cast, its open documents
+# and its store draws.
+READING_KEYS = ("rows", "next_serial", "carry", "pending_ids", "pending_states", "pending_entries",
+                "open_rows", "open_ids", "draws")
 
 
 class MemoryStore(nn.Module):
@@ -217,3 +224,18 @@ class MemoryStore(nn.Module):
         empty = torch.empty(0, dtype=torch.long)
         self.open_rows = state.get("open_rows", empty).long()
         self.open_ids = state.get("open_ids", empty).long()
+
+
+def every_ranks_reading(state: dict[str, Tensor]) -> list[dict[str, Tensor]] | None:
+    """The rank-own parts of `state` (what `get_extra_state` gave on each rank), from every rank
+    in rank order; None in a single process. A collective: every rank must call it."""
+    return gather_objects({key: value for key, value in state.items() if key in READING_KEYS})
+
+
+def with_this_ranks_reading(state: dict[str, Tensor], ranks: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """`state` (rank 0's, as checkpoints hold it) with this rank's own parts from `ranks`, when
+    the run has as many ranks as the one that saved; otherwise `state` as it is."""
+    world, rank = _world()
+    if len(ranks) != world:
+        return state
+    return {**{key: value for key, value in state.items() if key not in READING_KEYS}, **ranks[rank]}

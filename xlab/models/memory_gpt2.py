@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from xlab.datamodules.datasets import IGNORE_INDEX
 from xlab.errors import XLabError
 from xlab.memory import MemoryStore, PendingDeletes
+from xlab.memory.store import every_ranks_reading, with_this_ranks_reading
 from xlab.models.blocks import position_ids
 from xlab.models.gpt2_backbone import gpt2_transformer
 from xlab.models.lm import LanguageModel
@@ -46,6 +47,9 @@ from xlab.models.memory_telemetry import MemoryTelemetry
 
 # A token votes on an entry only if it gave the entry at least this weight when reading.
 VOTE_THRESHOLD = 0.1
+# Where a checkpoint keeps the memory, and every data-parallel rank's own rows beside it.
+MEMORY_STATE = "memory._extra_state"
+READING_RECORD = "memory_reading_by_rank"
 
 
 class Readout(NamedTuple):
@@ -399,6 +403,21 @@ class MemoryGPT2(LanguageModel):
 
     def on_predict_epoch_end(self) -> None:
         self._put_back()
+
+    # --- checkpoints: each data-parallel rank's own reading state ---------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # Every rank holds the same entries but its own rows; rank 0 writes the file, so the
+        # other ranks' rows travel beside its state (Lightning calls this hook on every rank).
+        state = checkpoint["state_dict"].get(MEMORY_STATE)
+        ranks = every_ranks_reading(state) if state is not None else None
+        if ranks is not None:
+            checkpoint[READING_RECORD] = ranks
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        ranks, state = checkpoint.get(READING_RECORD), checkpoint.get("state_dict", {}).get(MEMORY_STATE)
+        if ranks and state is not None:
+            checkpoint["state_dict"][MEMORY_STATE] = with_this_ranks_reading(state, ranks)
 
     # --- what the scripts ask of every model ------------------------------------------------------
     def state_summary(self) -> dict[str, int]:
