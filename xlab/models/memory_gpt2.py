@@ -409,7 +409,7 @@ class MemoryGPT2(LanguageModel):
         super().on_save_checkpoint(checkpoint)
         # Every rank holds the same entries but its own rows; rank 0 writes the file, so the
         # other ranks' rows travel beside its state (Lightning calls this hook on every rank).
-        state = checkpoint["state_dict"].get(MEMORY_STATE)
+        state = checkpoint.get("state_dict", {}).get(MEMORY_STATE)
         ranks = every_ranks_reading(state) if state is not None else None
         if ranks is not None:
             checkpoint[READING_RECORD] = ranks
