@@ -8,7 +8,6 @@ does not do.
 
 from __future__ import annotations
 
-
 import faiss
 import numpy as np
 
