@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where both fits run (default: the recipe's accelerator, a GPU when there is one)")
     parser.add_argument("--workdir", default=None, help="where runs and caches go (default: a temporary folder)")
     args = parser.parse_args(argv)
-    device = [] if args.device is None else ["--trainer.accelerator", accelerator(args.device)]
-    if device:
+    if args.device is not None:
         require_device(args.device)
+    device = [] if args.device is None else ["--trainer.accelerator", accelerator(args.device)]
     sys.argv = sys.argv[:1]  # the CLI runs below get their arguments as lists, not from this command line
     torch.set_num_threads(args.threads)
     extra = ["--data.init_args.max_documents", "null" if args.episodes is None else str(args.episodes),
