@@ -12,6 +12,9 @@ Checks, each independent (one failing does not stop the others):
                                           resumed from
   faiss-memory                            AssociativeMemory on the GPU against a raw faiss GPU index
                                           on the same queries (target <= 1.1x)
+  memory-no-wait                          MemoryGPT2 with a flat memory held on the GPU: a training
+                                          step waits for the device no more often than GPT-2 alone;
+                                          its step time against the same memory held on the host
   faiss-retrieval                         a retrieval index built with faiss on the GPU, its recall
   decoding                                xlab.inference against transformers generate, GPT-2 124M
                                           shape, batch 1 and 8, greedy (targets >= 1.0x, >= 1.1x)
@@ -117,11 +120,58 @@ def check_faiss_memory() -> str:
                                    device="cuda")
         memory.add(stored)
         raw, q = reference_index(memory, "cuda"), queries.cpu().numpy()
-        times = interleaved({"memory": lambda: memory.search(queries, 5), "faiss": lambda: raw.search(q, 5)}, 7)
+        times = interleaved({"memory": lambda: memory.search(queries, 5), "faiss": lambda: raw.search(q, 5)}, 7,
+                            torch.device("cuda"))
         ratios.append(f"{kind} {times['memory'] / times['faiss']:.2f}x")
         if times["memory"] / times["faiss"] > 1.1:
             raise RuntimeError(f"memory search against raw faiss on the GPU: {', '.join(ratios)} (target <= 1.1x)")
     return f"memory search / raw faiss GPU search: {', '.join(ratios)} (target <= 1.1x)"
+
+
+def check_memory_waits() -> str:
+    import warnings
+
+    from bench.memory import interleaved
+    from xlab.models.memory_gpt2 import MemoryGPT2
+
+    vocab, batches = 50304, [torch.randint(4, 50304, (8, 257), device="cuda") for _ in range(4)]
+
+    def build(**settings) -> MemoryGPT2:
+        torch.manual_seed(0)
+        return MemoryGPT2(vocab_size=vocab, max_len=256, n_layer=6, n_head=8, n_embd=512, memory_size=20000,
+                          **settings).cuda().train()
+
+    def step(model: MemoryGPT2, batch: torch.Tensor) -> None:
+        inputs = {"input_ids": batch[:, :-1], "labels": batch[:, 1:], "num_bytes": torch.zeros(len(batch), device="cuda")}
+        loss, _ = model.loss_and_stats(inputs)
+        if model.memory is not None:
+            loss = loss + model.lm_loss(inputs["labels"]) + model.memory_loss
+        loss.backward()
+
+    def waits(model: MemoryGPT2) -> int:
+        for batch in batches[:3]:  # the memory fills and votes are cast before the step that counts
+            step(model, batch)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                step(model, batches[3])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return len(seen)
+
+    on_device, host = build(), build(memory_device="cpu")
+    counts = {"gpt2": waits(build(use_memory=False)), "device": waits(on_device), "host": waits(host)}
+    if not on_device.memory.on_device:
+        raise RuntimeError("the flat memory stayed on the host")
+    times = interleaved({name: lambda model=model: step(model, batches[0])
+                         for name, model in (("device", on_device), ("host", host))}, 7, torch.device("cuda"))
+    figures = (f"waits per step: GPT-2 alone {counts['gpt2']}, memory on the GPU {counts['device']}, on the host "
+               f"{counts['host']}; step {times['device'] * 1e3:.1f} ms vs {times['host'] * 1e3:.1f} ms on the host")
+    if counts["device"] > counts["gpt2"]:
+        raise RuntimeError(figures)
+    return figures
 
 
 def check_faiss_retrieval(folder: Path) -> str:
@@ -194,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             "ddp-one-gpu": lambda: check_ddp(folder / "ddp"),
             "fsdp-one-gpu": lambda: check_fsdp(folder / "fsdp"),
             "faiss-memory": check_faiss_memory,
+            "memory-no-wait": check_memory_waits,
             "faiss-retrieval": lambda: check_faiss_retrieval(folder),
             "decoding": check_decoding,
             "mfu-gpt2": check_mfu,

@@ -61,8 +61,9 @@ def _model_parts(model):
             raise XLabError("a MemoryGPT2 with a memory cannot be exported to transformers: its predictions depend "
                             "on the memory's entries, which a transformers model cannot hold (a model trained "
                             "with use_memory: false exports as GPT-2).")
+        # The backbone's config names no pad token (see gpt2_backbone); the export names the data's.
         config = GPT2Config(**{**model.transformer.config.to_dict(), "architectures": ["GPT2LMHeadModel"],
-                               "tie_word_embeddings": True})
+                               "tie_word_embeddings": True, "pad_token_id": hp.get("pad_id")})
         state = {k: v for k, v in model.state_dict().items() if k.startswith("transformer.")}
         return config, state
     if name != "XLabModel":

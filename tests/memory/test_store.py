@@ -12,14 +12,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from xlab.errors import XLabError
-from xlab.memory import MemoryStore, PendingDeletes
+from xlab.memory import MemoryStore, PendingDeletes, associative
 from xlab.memory.distributed import gather_rows
 
 DIM = 6
 
 
 def store(size=100, **settings) -> MemoryStore:
-    return MemoryStore(memory_size=size, memory_dim=DIM, device="cpu", **settings)
+    return MemoryStore(memory_size=size, memory_dim=DIM, **{"device": "cpu", **settings})
 
 
 def rows(n, seed=0):
@@ -95,6 +95,27 @@ def test_votes_from_reads_average_the_readers_states_by_their_weights():
     assert PendingDeletes.from_reads(ids, weights * 0.01, valid, entries, hidden, threshold=0.1) is None
 
 
+def test_fixed_size_votes_are_the_same_votes_padded_to_one_per_read_cell():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 6, (3, 4, 2), generator=generator)
+    weights = torch.rand(3, 4, 2, generator=generator)
+    valid = torch.rand(3, 4, 2, generator=generator) < 0.8
+    entries = ids[..., None].float() * torch.ones(DIM)
+    hidden = torch.randn(3, 4, 5, generator=generator)
+    cast = PendingDeletes.from_reads(ids, weights, valid, entries, hidden, threshold=0.3)
+    fixed = PendingDeletes.from_reads_fixed(ids, weights, valid, entries, hidden, threshold=0.3)
+    n = len(cast)
+    assert len(fixed) == 3 * 4 * 2 and fixed.fixed and fixed.real.tolist() == [True] * n + [False] * (24 - n)
+    assert torch.equal(fixed.ids[:n], cast.ids) and torch.equal(fixed.states[:n], cast.states)
+    assert torch.equal(fixed.entries[:n], cast.entries)
+    assert not fixed.states[n:].any() and not fixed.entries[n:].any()
+    index, voted = fixed.lookup(ids)
+    expected_index, expected_voted = cast.lookup(ids)
+    assert torch.equal(voted, expected_voted) and torch.equal(index[voted], expected_index[voted])
+    padded = cast.padded(30)
+    assert torch.equal(padded.ids[:n], cast.ids) and padded.real.sum() == n and len(padded) == 30
+
+
 def test_lookup_finds_the_vote_of_each_id():
     pending = votes([2, 5, 9])
     index, voted = pending.lookup(torch.tensor([[9, 4], [2, 11]]))
@@ -109,19 +130,51 @@ def open_documents(s: MemoryStore) -> dict[int, list[int]]:
     return {row: ids.tolist() for row, ids in s.open_documents.items()}
 
 
-def test_close_documents_returns_what_an_eos_ended_and_keeps_the_rest_open():
-    s = store()
+def placed(s: MemoryStore, on_device: bool, monkeypatch) -> MemoryStore:
+    """`s` with its entries moved to a DeviceMemory (on CPU tensors) when `on_device`: what a
+    search from a GPU does, the routing widened to the CPU as tests/memory/test_device_search.py does."""
+    if on_device:
+        monkeypatch.setattr(associative, "SEARCH_ON_DEVICE_TYPES", frozenset({"cuda", "cpu"}))
+        s.search(rows(1), 1)
+        assert s.on_device
+    return s
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_write_returns_what_an_eos_ended_and_keeps_the_rest_open(on_device, monkeypatch):
+    s = placed(store(device="auto"), on_device, monkeypatch)
     # Row 0 stores at positions 0, 2, 3 and ends a document at 2; row 1 stores at 1, 3, no eos.
     stored = torch.tensor([[True, False, True, True], [False, True, False, True]])
     ends = torch.tensor([[False, False, True, False], [False, False, False, False]])
-    new_ids = s.add(rows(5), age=False)  # row-major: row 0 -> 0, 1, 2; row 1 -> 3, 4
-    assert s.close_documents(ends, stored, new_ids).tolist() == [0, 1]
+    entries = rows(8).view(2, 4, DIM)
+    closed = s.write(entries, stored, ends, age=False)  # row-major: row 0 -> 0, 1, 2; row 1 -> 3, 4
+    assert closed[closed >= 0].tolist() == [0, 1]
     assert open_documents(s) == {0: [2], 1: [3, 4]}
+    assert torch.equal(s.entries.state_dict()["vectors"], entries[stored])
     # Next block: row 1 ends at its first position, which stored nothing; row 0 goes on.
     stored, ends = torch.tensor([[True, False], [False, True]]), torch.tensor([[False, False], [True, False]])
-    new_ids = s.add(rows(2, seed=1), age=False)  # 5 (row 0), 6 (row 1)
-    assert sorted(s.close_documents(ends, stored, new_ids).tolist()) == [3, 4]
+    closed = s.write(rows(4, seed=1).view(2, 2, DIM), stored, ends, age=False)  # 5 (row 0), 6 (row 1)
+    assert sorted(closed[closed >= 0].tolist()) == [3, 4]
     assert open_documents(s) == {0: [2, 5], 1: [6]}
+    # Without ends documents are kept: nothing to close, nothing opened.
+    assert len(s.write(rows(2, seed=2).view(1, 2, DIM), torch.tensor([[True, True]]), None, age=True)) == 0
+    assert open_documents(s) == {0: [2, 5], 1: [6]} and live_ids(s) == [0, 1, 2, 3, 4, 5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_a_saved_state_loads_wherever_the_entries_are(on_device, monkeypatch):
+    s = placed(store(device="auto"), on_device, monkeypatch)
+    ends = torch.tensor([[False, True, False], [False, False, False]])
+    s.remove(s.write(rows(6).view(2, 3, DIM), torch.ones(2, 3, dtype=torch.bool), ends, age=True))
+    s.remove(torch.tensor([3]))
+    state = s.get_extra_state()
+    assert state["ids"].tolist() == [2, 4, 5]  # 0 and 1 closed with their document, 3 removed
+    live = {0: [2], 1: [4, 5]}  # the host's list still names 3; closing it later removes nothing
+    assert {row: [i for i in ids if i != 3] for row, ids in open_documents(s).items()} == live
+    again = placed(store(device="auto"), not on_device, monkeypatch)
+    again.set_extra_state(state)
+    assert again.digest() == s.digest()
+    assert {row: [i for i in ids if i != 3] for row, ids in open_documents(again).items()} == live
 
 
 # --- starting over ------------------------------------------------------------------------------
@@ -215,12 +268,58 @@ def _gather_on_rank(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_gather_concatenates_every_rank_in_rank_order(tmp_path):
+def on_ranks(fn, world: int, out) -> list:
+    """Run `fn(rank, world, port, out)` in `world` gloo processes; what each saved to out/rank{r}.pt."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    mp.spawn(_gather_on_rank, args=(3, port, str(tmp_path)), nprocs=3, join=True)
+    mp.spawn(fn, args=(world, port, str(out)), nprocs=world, join=True)
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(world)]
+
+
+def test_gather_concatenates_every_rank_in_rank_order(tmp_path):
+    results = on_ranks(_gather_on_rank, 3, tmp_path)
     expected = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0], [2.0, 2.0], [2.0, 2.0], [2.0, 2.0]])
-    for rank, offset in enumerate((0, 1, 3)):
-        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+    for result, offset in zip(results, (0, 1, 3)):
         assert torch.equal(result["every"], expected) and result["offset"] == offset
+
+
+def _write_on_rank(rank: int, world: int, port: int, out: str) -> None:
+    """The same writes, removals and votes through a host store and a device store, each rank
+    with its own rows: what both leave, per rank, for the test to compare."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    associative.SEARCH_ON_DEVICE_TYPES = frozenset({"cuda", "cpu"})  # a fresh process: widened by hand
+    try:
+        results = {}
+        for on_device in (False, True):
+            s = store(device="auto")
+            if on_device:
+                s.search(rows(1), 1)
+            assert s.on_device == on_device
+            draws = torch.Generator().manual_seed(rank)
+            for turn in range(3):
+                stores = torch.rand(2, 4, generator=draws) < 0.7
+                ends = torch.rand(2, 4, generator=draws) < 0.25
+                s.remove(s.write(rows(8, seed=10 * turn + rank).view(2, 4, DIM), stores, ends, age=turn > 0))
+                if turn == 0:  # votes of another size on each rank (as a resumed run holds): still gathered
+                    s.pending = votes(list(range(rank + 1)))
+                    waiting = s.waiting_votes(torch.zeros(1, 4), torch.zeros(1, DIM))
+                    s.remove(s.settle_votes(torch.ones(len(waiting), dtype=torch.bool), None))
+            state = s.get_extra_state()
+            live = set(state["ids"].tolist())
+            results[on_device] = {"digest": s.digest(), "size": len(live),
+                                  "open": {row: [i for i in ids.tolist() if i in live]
+                                           for row, ids in s.open_documents.items()}}
+        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_write_the_same_memory_through_a_device_store_as_through_the_host_one(tmp_path):
+    ranks = on_ranks(_write_on_rank, 2, tmp_path)
+    assert len({rank[mode]["digest"] for rank in ranks for mode in (False, True)}) == 1
+    assert ranks[0][True]["size"] > 0
+    for rank in ranks:
+        assert rank[True]["open"] == rank[False]["open"]
+    assert ranks[0][True]["open"] != ranks[1][True]["open"]  # each rank's open documents are its own

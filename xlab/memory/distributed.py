@@ -30,6 +30,25 @@ def gather_rows(rows: Tensor) -> tuple[Tensor, int]:
     return torch.cat([g[:c] for g, c in zip(gathered, counts)]), sum(counts[:rank])
 
 
+def gather_equal(rows: Tensor) -> tuple[Tensor, int]:
+    """`gather_rows` for rows of the same shape on every rank (fixed-size writes): one
+    all_gather and no count exchanged first, so the host never waits to learn a size."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows, 0
+    gathered = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, rows.contiguous())
+    return torch.cat(gathered), dist.get_rank() * rows.shape[0]
+
+
+def largest(count: int, device: torch.device) -> int:
+    """The largest `count` over the ranks (`count` itself in one process). Waits for every rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return count
+    value = torch.tensor([count], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value)
+
+
 def world_and_rank() -> tuple[int, int]:
     """(world size, rank): (1, 0) without an initialized process group."""
     if not (dist.is_available() and dist.is_initialized()):

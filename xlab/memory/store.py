@@ -15,8 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from xlab.errors import XLabError
+from xlab.memory import associative
 from xlab.memory.associative import AssociativeMemory, MemoryReadout
-from xlab.memory.distributed import gather_objects, gather_rows, world_and_rank as _world
+from xlab.memory.device_memory import DeviceMemory
+from xlab.memory.distributed import gather_equal, gather_objects, gather_rows, largest, world_and_rank as _world
 from xlab.memory.votes import PendingDeletes
 
 
@@ -28,11 +30,20 @@ READING_KEYS = ("rows", "next_serial", "carry", "pending_ids", "pending_states",
 
 
 class MemoryStore(nn.Module):
-    """An AssociativeMemory (`entries`) plus the bookkeeping of delete votes and open documents."""
+    """An AssociativeMemory (`entries`) plus the bookkeeping of delete votes and open documents.
+
+    An exact memory whose model runs on a GPU (and whose `device` allows it) moves its entries
+    to a DeviceMemory there on its first search, and back to the host when searched from the
+    CPU: then a pass never waits for the device. Its writes, removals and votes then keep
+    fixed sizes (padded, masked), and each entry written by an open document carries its row
+    as a tag in the device memory instead of a growing list here. The saved state is the same
+    either way.
+    """
 
     def __init__(self, **memory_args):
         super().__init__()
-        self.entries = AssociativeMemory(**memory_args)
+        self.host = AssociativeMemory(**memory_args)
+        self.entries: AssociativeMemory | DeviceMemory = self.host
         self.pending: PendingDeletes | None = None  # the last pass's votes, acted on by the next
         # The entries written since their row's last eos: their rows and ids, side by side.
         self.open_rows = self.open_ids = torch.empty(0, dtype=torch.long)
@@ -48,26 +59,112 @@ class MemoryStore(nn.Module):
         self._saved: tuple | None = None
 
     def search(self, probes: Tensor, k: int) -> MemoryReadout:
+        self._place(probes.device)
         return self.entries.search(probes, k)
 
+    @property
+    def on_device(self) -> bool:
+        """Whether the entries are a DeviceMemory (writes, removals and votes in fixed sizes)."""
+        return isinstance(self.entries, DeviceMemory)
+
+    def _place(self, device: torch.device) -> None:
+        """Move the entries to a DeviceMemory on `device`, or back to the host, as `device` asks."""
+        resident = (device.type in associative.SEARCH_ON_DEVICE_TYPES and self.host.device != "cpu"
+                    and self.host.index_type == "flat")
+        if resident == self.on_device and (not resident or self.entries.device == device):
+            return
+        state = self._entries_state()
+        self.entries = DeviceMemory.like(self.host, device) if resident else self.host
+        self._load_entries(state)
+
+    def _entries_state(self) -> dict[str, Tensor]:
+        """The entries' state with the open documents (`open_rows`, `open_ids`) when there are any."""
+        state = self.entries.state_dict()
+        if not self.on_device:
+            state.update(open_rows=self.open_rows.cpu(), open_ids=self.open_ids.cpu())
+        if not len(state["open_ids"]):
+            del state["open_rows"], state["open_ids"]
+        return state
+
+    def _load_entries(self, state: dict[str, Tensor]) -> None:
+        self.entries.load_state_dict(state)
+        empty = torch.empty(0, dtype=torch.long)
+        if self.on_device:  # the device memory tags them
+            self.open_rows = self.open_ids = empty
+        else:
+            self.open_rows = state.get("open_rows", empty).long()
+            self.open_ids = state.get("open_ids", empty).long()
+
     # --- writes ---------------------------------------------------------------------------------
-    def add(self, vectors: Tensor, age: bool) -> Tensor:
-        """Age every entry (training steps only), then store `vectors` (N, D) with every rank's
-        writes gathered first, in rank order, so all ranks add the same entries under the same
-        ids. Returns the ids of this rank's vectors."""
+    def add(self, vectors: Tensor, age: bool, keep: Tensor | None = None, tags: Tensor | None = None) -> Tensor:
+        """Age every entry (training steps only), then store the rows of `vectors` (N, D) where
+        `keep` (N,) is True (all without it), with every rank's writes gathered first, in rank
+        order, so all ranks add the same entries under the same ids. Returns the ids of this
+        rank's rows (N,), -1 where not kept. `tags` (N,): the row of an open document that
+        wrote each entry, -1 for none (a device memory keeps them; see `write`)."""
         if age:
             self.entries.step()
-        every, offset = gather_rows(vectors.detach().float())
-        if not len(every):
-            return torch.empty(0, dtype=torch.long, device=vectors.device)
-        ids = self.entries.add(every)  # on its device still: a device copy of the memory takes it from there
-        return ids[offset: offset + len(vectors)].to(vectors.device)
+        vectors = vectors.detach().float()
+        keep = torch.ones(len(vectors), dtype=torch.bool, device=vectors.device) if keep is None else keep
+        if self.on_device:  # the same shape on every rank: gathered without asking for sizes
+            every, offset = gather_equal(torch.cat([vectors, keep[:, None].float()], dim=1))
+            if tags is not None:
+                tags = torch.nn.functional.pad(tags, (offset, len(every) - offset - len(tags)), value=-1)
+            ids = self.entries.add(every[:, :-1], every[:, -1] > 0, tags=tags)
+            return ids[offset: offset + len(vectors)].to(vectors.device)
+        ids = torch.full((len(vectors),), -1, dtype=torch.long, device=vectors.device)
+        mine = vectors[keep]
+        every, offset = gather_rows(mine)
+        if len(every):
+            # On its device still: a device copy of the memory takes it from there.
+            ids[keep] = self.entries.add(every)[offset: offset + len(mine)].to(vectors.device)
+        return ids
 
     def remove(self, ids: Tensor) -> None:
-        """Remove the union of every rank's `ids` (unknown and repeated ids are ignored)."""
-        every, _ = gather_rows(ids.detach().to(torch.long).reshape(-1))
+        """Remove the union of every rank's `ids` (-1, unknown and repeated ids are ignored)."""
+        ids = ids.detach().to(torch.long).reshape(-1)
+        if self.on_device:
+            self.entries.remove(gather_equal(ids)[0])
+            return
+        every, _ = gather_rows(ids)
         if len(every):
             self.entries.remove(every.cpu())
+
+    def write(self, entries: Tensor, stores: Tensor, ends: Tensor | None, age: bool) -> Tensor:
+        """Store `entries` (B, T, D) where `stores` (B, T) is True (see `add`). With `ends` (B, T):
+        True at an eos) the documents that ended are forgotten: returns the ids of their entries
+        (for `remove`; -1 for no entry), and the entries after a row's last eos stay open, with
+        what that row wrote before. Without `ends`, nothing (documents are kept)."""
+        B, T = stores.shape
+        flat = entries.reshape(B * T, -1)
+        if ends is None:
+            self.add(flat, age, stores.reshape(-1))
+            return torch.empty(0, dtype=torch.long, device=entries.device)
+        has_end = ends.any(1)
+        last = torch.where(has_end, T - 1 - ends.flip(1).to(torch.uint8).argmax(1), -1)  # each row's last eos
+        finished = torch.arange(T, device=ends.device) <= last[:, None]
+        staying = stores & ~finished
+        if self.on_device:
+            if age:  # faded entries leave their tags before the closing rows are read
+                self.entries.step()
+            closing = self.entries.close_tags(has_end)
+            rows = torch.arange(B, device=ends.device)[:, None].expand(B, T)
+            ids = self.add(flat, False, stores.reshape(-1), torch.where(staying, rows, -1).reshape(-1)).view(B, T)
+        else:
+            ids = self.add(flat, age, stores.reshape(-1)).view(B, T)
+            open_rows, open_ids = self.open_rows.to(ids.device), self.open_ids.to(ids.device)
+            shut = torch.where(open_rows < B, has_end[open_rows.clamp(max=B - 1)], False)
+            closing = open_ids[shut]
+            rows = torch.arange(B, device=ids.device)[:, None].expand(B, T)
+            self.open_rows = torch.cat([open_rows[~shut], rows[staying]])
+            self.open_ids = torch.cat([open_ids[~shut], ids[staying]])
+        return torch.cat([closing, torch.where(stores & finished, ids, -1).reshape(-1)])
+
+    def cast_votes(self, ids: Tensor, weights: Tensor, valid: Tensor, entries: Tensor, hidden: Tensor,
+                   threshold: float) -> PendingDeletes | None:
+        """This pass's delete votes (see PendingDeletes.from_reads), in fixed sizes on a device memory."""
+        cast = PendingDeletes.from_reads_fixed if self.on_device else PendingDeletes.from_reads
+        return cast(ids, weights, valid, entries, hidden, threshold)
 
     # --- delete votes ---------------------------------------------------------------------------
     def waiting_votes(self, states_like: Tensor, entries_like: Tensor) -> PendingDeletes:
@@ -78,38 +175,27 @@ class MemoryStore(nn.Module):
             pending = PendingDeletes(torch.empty(0, dtype=torch.long, device=entries_like.device),
                                      states_like.new_empty(0, states_like.shape[-1]),
                                      entries_like.new_empty(0, entries_like.shape[-1]))
-        self.pending = pending.to(states_like.device)  # restored checkpoints hold CPU tensors
-        return self.pending
+        pending = pending.to(states_like.device)  # restored checkpoints hold CPU tensors
+        if self.on_device and not pending.fixed:  # after a start or a resume: sizes every rank agrees on
+            pending = pending.padded(largest(len(pending), states_like.device))
+        self.pending = pending
+        return pending
 
     def settle_votes(self, passed: Tensor, cast: PendingDeletes | None) -> Tensor:
         """Act on the waiting votes (`passed`: which of them carried) and let this pass's `cast`
         votes wait for the next. Returns the ids the carried votes delete, -1 for the others
         (`remove` ignores them), so no pass waits to learn how many carried."""
-        deleted = torch.where(passed, self.pending.ids, -1)
+        deleted = torch.where(passed & self.pending.real, self.pending.ids, -1)
         self.pending = cast
         return deleted
 
     # --- documents ------------------------------------------------------------------------------
-    def close_documents(self, ends: Tensor, stored: Tensor, new_ids: Tensor) -> Tensor:
-        """Ids of the entries whose document ended in this block (`ends` (B, T): True at an eos;
-        `stored` (B, T): which positions wrote the entries `new_ids`, in row-major order). The
-        entries after a row's last eos stay open, with what that row wrote before."""
-        B, T = ends.shape
-        has_end = ends.any(1)
-        last = torch.where(has_end, T - 1 - ends.flip(1).to(torch.uint8).argmax(1), -1)  # each row's last eos
-        # Positions of the stored entries in row-major order, without asking the device how many.
-        at = torch.argsort((~stored).flatten().to(torch.uint8), stable=True)[: len(new_ids)]
-        rows, finished = at // T, at % T <= last[at // T]
-        open_rows, open_ids = self.open_rows.to(new_ids.device), self.open_ids.to(new_ids.device)
-        closing = torch.where(open_rows < B, has_end[open_rows.clamp(max=B - 1)], False)
-        self.open_rows = torch.cat([open_rows[~closing], rows[~finished]])
-        self.open_ids = torch.cat([open_ids[~closing], new_ids[~finished]])
-        return torch.cat([open_ids[closing], new_ids[finished]])
-
     @property
     def open_documents(self) -> dict[int, Tensor]:
         """Row -> ids written since that row's last eos."""
-        return {row: self.open_ids[self.open_rows == row] for row in self.open_rows.unique().tolist()}
+        state = self._entries_state()
+        rows, ids = state.get("open_rows", self.open_rows), state.get("open_ids", self.open_ids)
+        return {row: ids[rows == row] for row in rows.unique().tolist()}
 
     # --- reading rows ---------------------------------------------------------------------------
     def documents(self, ends: Tensor) -> Tensor:
@@ -172,14 +258,13 @@ class MemoryStore(nn.Module):
 
     def set_aside(self) -> None:
         """Start from an empty memory; `put_back` restores exactly what was there."""
-        self._saved = (self.entries.state_dict(), self.pending, self.open_rows, self.open_ids, self.rows,
-                       self.next_serial, self.carry)
+        self._saved = (self._entries_state(), self.pending, self.rows, self.next_serial, self.carry)
         self.reset()
 
     def put_back(self) -> None:
         if self._saved is not None:
-            state, self.pending, self.open_rows, self.open_ids, self.rows, self.next_serial, self.carry = self._saved
-            self.entries.load_state_dict(state)
+            state, self.pending, self.rows, self.next_serial, self.carry = self._saved
+            self._load_entries(state)
             self._saved = None
 
     # --- identity and checkpoints ---------------------------------------------------------------
@@ -194,22 +279,20 @@ class MemoryStore(nn.Module):
     def get_extra_state(self) -> dict[str, Tensor]:
         """The entries plus the delete votes still waiting and the rows' open documents, so a
         resumed run continues exactly."""
-        state = {**self.entries.state_dict(), "epoch": torch.tensor(self.epoch), "rows": self.rows.cpu(),
+        state = {**self._entries_state(), "epoch": torch.tensor(self.epoch), "rows": self.rows.cpu(),
                  "next_serial": self.next_serial.cpu(), "draws": self.draws.get_state()}
         if self.carry is not None:
             state["carry"] = self.carry.cpu()
         if self.pending is not None:
             state.update(pending_ids=self.pending.ids.cpu(), pending_states=self.pending.states.cpu(),
                          pending_entries=self.pending.entries.cpu())
-        if len(self.open_ids):
-            state["open_rows"], state["open_ids"] = self.open_rows.cpu(), self.open_ids.cpu()
         return state
 
     def set_extra_state(self, state: dict[str, Tensor]) -> None:
         if not isinstance(state, dict):
             raise XLabError("the checkpoint's memory is not a memory state: was it saved by MemoryGPT2?")
         try:
-            self.entries.load_state_dict(state)
+            self._load_entries(state)
         except XLabError as error:
             raise XLabError(f"the checkpoint's memory does not fit this model: {error}") from None
         self.epoch = int(state.get("epoch", 0))
@@ -221,9 +304,6 @@ class MemoryStore(nn.Module):
             self.draws.set_state(state["draws"].to(torch.uint8).cpu())
         if "pending_ids" in state:
             self.pending = PendingDeletes(state["pending_ids"], state["pending_states"], state["pending_entries"])
-        empty = torch.empty(0, dtype=torch.long)
-        self.open_rows = state.get("open_rows", empty).long()
-        self.open_ids = state.get("open_ids", empty).long()
 
 
 def every_ranks_reading(state: dict[str, Tensor]) -> list[dict[str, Tensor]] | None:

@@ -12,11 +12,14 @@ from xlab.errors import XLabError
 
 def gpt2_transformer(hp) -> GPT2Model:
     """GPT2Model for hyperparameters `hp` (vocab_size, max_len, n_layer, n_head, n_embd, dropout,
-    special ids, pretrained_path and the data's added_tokens)."""
+    special ids, pretrained_path and the data's added_tokens).
+
+    The config names no pad token: MemoryGPT2 masks pads itself (`padding_mask`), and with a pad
+    id transformers looks for pads in every batch, which makes the host wait for the device."""
     if hp.pretrained_path is None:
         config = GPT2Config(vocab_size=hp.vocab_size, n_positions=hp.max_len, n_embd=hp.n_embd, n_layer=hp.n_layer,
                             n_head=hp.n_head, resid_pdrop=hp.dropout, embd_pdrop=hp.dropout, attn_pdrop=hp.dropout,
-                            bos_token_id=hp.sos_id, eos_token_id=hp.eos_id, pad_token_id=hp.pad_id)
+                            bos_token_id=hp.sos_id, eos_token_id=hp.eos_id)
         return GPT2Model(config)
     try:
         model = GPT2Model.from_pretrained(hp.pretrained_path, attn_implementation="sdpa")
@@ -42,6 +45,7 @@ def gpt2_transformer(hp) -> GPT2Model:
     # Cut positions to max_len so a checkpoint rebuilds from hparams alone, with no directory.
     model.wpe = nn.Embedding.from_pretrained(model.wpe.weight[: hp.max_len].clone(), freeze=False)
     c.n_positions = hp.max_len
+    c.pad_token_id = None  # see above
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = hp.dropout

@@ -82,9 +82,9 @@ class MemoryGPT2(LanguageModel):
         num_search_results: Entries retrieved per token (k).
         forgetfulness_factor, min_weight, eviction: Each training step multiplies entry weights
             by 1 - forgetfulness_factor and drops those under min_weight.
-        memory_device: auto or cuda: a model on a GPU searches there (an exact index as a matmul
-            over a device copy, others through a faiss GPU copy when faiss sees a GPU); cpu: always
-            the host faiss index.
+        memory_device: auto or cuda: a model on a GPU keeps a flat memory there (a DeviceMemory:
+            no pass waits for the device) and searches others through a faiss GPU copy when faiss
+            sees a GPU; cpu: always the host memory and its faiss index.
         memory_scope: document (a token reads only entries of its own document, written before
             it: what an honest evaluation needs) or all (any entry, e.g. the training memory
             read when sampling).
@@ -195,9 +195,12 @@ class MemoryGPT2(LanguageModel):
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
+        # Default positions (none given, no cache) are left to GPT2Model, which makes the same ones:
+        # given them, it checks them for packed sequences, which makes the host wait for the device.
+        default = positions is None and cache is None
         positions = position_ids(input_ids, past, self.hparams.max_len, positions)
-        out = self.transformer(input_ids=input_ids, position_ids=positions, attention_mask=padding_mask,
-                               past_key_values=cache.layers if cache is not None else None,
+        out = self.transformer(input_ids=input_ids, position_ids=None if default else positions,
+                               attention_mask=padding_mask, past_key_values=cache.layers if cache is not None else None,
                                use_cache=cache is not None)
         logits = self.lm_head(out.last_hidden_state)
         if self.memory is None:
@@ -252,13 +255,14 @@ class MemoryGPT2(LanguageModel):
         hp = self.hparams
         B, T = input_ids.shape
         # The previous pass's delete votes: act on them now, and pay for what they keep.
-        deleted = votes.detach() > 0.5
-        cast = PendingDeletes.from_reads(readout.ids, readout.weights, readout.valid,
-                                         readout.entries[..., : self.access.memory_dim], hidden.detach(),
-                                         VOTE_THRESHOLD)
+        counted = self.memory.pending.real  # fixed-size votes (a device memory) are partly padding
+        voters = counted.sum().clamp(min=1)
+        deleted = (votes.detach() > 0.5) & counted
+        cast = self.memory.cast_votes(readout.ids, readout.weights, readout.valid,
+                                      readout.entries[..., : self.access.memory_dim], hidden.detach(), VOTE_THRESHOLD)
         removals = [self.memory.settle_votes(deleted, cast)]
-        cost = hp.keep_cost * (1 - votes).sum() / max(1, len(votes))
-        delete_rate = deleted.float().mean() if len(votes) else votes.new_zeros(())
+        cost = hp.keep_cost * torch.where(counted, 1 - votes, 0.0).sum() / voters
+        delete_rate = deleted.sum() / voters
 
         # The entry at position t: the context ending at t - 1 and the token t that followed;
         # position 0 completes the row's last entry of the previous pass.
@@ -293,9 +297,7 @@ class MemoryGPT2(LanguageModel):
         proposed = proposes.sum()
         store_probability = torch.where(proposes, p, 0.0).sum() / proposed.clamp(min=1)
         cost = cost + hp.store_cost * store_probability
-        new_ids = self.memory.add(entries[stores], age=self.training)
-        if hp.forget_documents:
-            removals.append(self.memory.close_documents(ends, stores, new_ids))
+        removals.append(self.memory.write(entries, stores, ends if hp.forget_documents else None, age=self.training))
         self.memory.remove(torch.cat(removals))
         self.memory.advance(documents, ends)
         self.memory_loss = cost
