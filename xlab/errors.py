@@ -14,6 +14,13 @@ class XLabError(Exception):
     """A problem with the user's input, explained in one line."""
 
 
+def last_line(error: BaseException) -> str:
+    """The last non-empty line of an error's text: C++ libraries (faiss) put their message there,
+    after the lines that say where it was raised."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def exit_with(error: BaseException, code: int = 2) -> "NoReturn":  # noqa: F821
     """Print `error` as one line on stderr and exit; used by the scripts' `main`."""
     message = " ".join(str(error).split()) or type(error).__name__

@@ -17,7 +17,8 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
-from xlab.memory.indexes import GPU_MAX_K, faiss_message, gpu_available
+from xlab.errors import last_line
+from xlab.memory.indexes import GPU_MAX_K, gpu_available
 
 
 class IndexCopy:
@@ -83,6 +84,6 @@ class GpuSearcher(IndexCopy):
                 faiss.GpuParameterSpace().set_index_parameter(copy, "nprobe", ivf.nprobe)
             return copy
         except (RuntimeError, AttributeError) as error:
-            warnings.warn(f"faiss cannot put this index on the GPU, searching on the CPU: {faiss_message(error)}")
+            warnings.warn(f"faiss cannot put this index on the GPU, searching on the CPU: {last_line(error)}")
             self.enabled = False
             return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from xlab.errors import XLabError
+from xlab.errors import XLabError, last_line
 
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
@@ -95,7 +95,7 @@ def _from_factory(spec: str, dim: int, faiss_metric: int, capacity: int) -> fais
     except RuntimeError as error:
         raise XLabError(
             f"unknown index_type {spec!r}: use 'flat', 'ivf', 'hnsw' or a faiss index_factory "
-            f"string ({faiss_message(error)})"
+            f"string ({last_line(error)})"
         ) from None
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
@@ -144,7 +144,7 @@ def train(index: faiss.Index, vectors: np.ndarray, spec: str) -> None:
     except RuntimeError as error:
         raise XLabError(
             f"index_type {spec!r} could not be trained on {len(vectors)} stored vectors: "
-            f"{faiss_message(error)}"
+            f"{last_line(error)}"
         ) from None
 
 
@@ -178,7 +178,3 @@ def gpu_available() -> bool:
     return faiss.get_num_gpus() > 0
 
 
-def faiss_message(error: BaseException) -> str:
-    """The last non-empty line of a faiss error: its C++ exceptions end with the message itself."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__

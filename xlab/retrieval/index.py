@@ -49,7 +49,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from xlab.errors import XLabError
+from xlab.errors import XLabError, last_line
 from xlab.files import written_aside_together_
 
 Progress = Callable[[int], None]
@@ -189,7 +189,7 @@ def _build(embeddings: np.ndarray, factory: str, metric: str, train_size: int | 
     try:
         index = faiss.index_factory(embeddings.shape[1], factory, METRICS[metric])
     except RuntimeError as error:
-        raise XLabError(f"faiss cannot build index_factory={factory!r}: {_first_line(error)}") from None
+        raise XLabError(f"faiss cannot build index_factory={factory!r}: {last_line(error)}") from None
     _no_polysemous_training(index)
     gpu = to_gpu_if_available(index)
     work = gpu if gpu is not None else index
@@ -235,7 +235,7 @@ def to_gpu_if_available(index: faiss.Index) -> faiss.Index | None:
     try:
         return faiss.index_cpu_to_all_gpus(index)
     except (RuntimeError, AttributeError) as error:  # e.g. an HNSW quantizer or PQ sizes the GPU lacks
-        warnings.warn(f"faiss GPU cannot take this index ({_first_line(error)}); using the CPU.", stacklevel=2)
+        warnings.warn(f"faiss GPU cannot take this index ({last_line(error)}); using the CPU.", stacklevel=2)
         return None
 
 
@@ -357,5 +357,3 @@ def _human(size: int) -> str:
     return f"{size}B"
 
 
-def _first_line(error: BaseException) -> str:
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
