@@ -215,6 +215,23 @@ def test_set_aside_starts_empty_and_put_back_restores_everything():
     assert s.digest() == digest
 
 
+@pytest.mark.parametrize("on_device", [False, True])
+def test_set_aside_and_put_back_keep_the_open_documents_wherever_the_entries_are(on_device, monkeypatch):
+    s = placed(store(device="auto"), on_device, monkeypatch)
+    ends = torch.tensor([[False, True, False], [False, False, False]])
+    s.remove(s.write(rows(6).view(2, 3, DIM), torch.ones(2, 3, dtype=torch.bool), ends, age=False))
+    digest, documents = s.digest(), open_documents(s)
+    assert documents == {0: [2], 1: [3, 4, 5]}
+    s.set_aside()
+    assert len(s.entries) == 0 and s.open_documents == {}
+    s.write(rows(6, seed=1).view(2, 3, DIM), torch.ones(2, 3, dtype=torch.bool), ends, age=True)
+    s.put_back()
+    assert s.on_device == on_device and s.digest() == digest and open_documents(s) == documents
+    closed = s.write(rows(2, seed=2).view(2, 1, DIM), torch.zeros(2, 1, dtype=torch.bool),
+                     torch.tensor([[False], [True]]), age=False)
+    assert sorted(closed[closed >= 0].tolist()) == [3, 4, 5]  # row 1's document, written before the set-aside
+
+
 # --- identity and checkpoints ---------------------------------------------------------------------
 def test_digest_is_equal_for_equal_memories_and_only_for_them():
     a, b = store(), store()
