@@ -134,7 +134,8 @@ def check_memory_waits() -> str:
     from bench.memory import interleaved
     from xlab.models.memory_gpt2 import MemoryGPT2
 
-    vocab, batches = 50304, [torch.randint(4, 50304, (8, 257), device="cuda") for _ in range(4)]
+    vocab = 50304
+    batches = [torch.randint(4, vocab, (8, 257), device="cuda") for _ in range(4)]
 
     def build(**settings) -> MemoryGPT2:
         torch.manual_seed(0)

@@ -258,8 +258,8 @@ class AssociativeMemory:
         return {
             "memory_size": torch.tensor(self.capacity, dtype=torch.int64),
             "memory_dim": torch.tensor(self.dim, dtype=torch.int64),
-            "index_type": _encode(self.index_type),
-            "metric": _encode(self.metric),
+            "index_type": encode_text(self.index_type),
+            "metric": encode_text(self.metric),
             "ids": torch.from_numpy(self._live_ids.copy()),
             "vectors": torch.from_numpy(self._vectors[live]),
             "ages": torch.from_numpy(self._ages[live]),
@@ -435,7 +435,8 @@ def _device_of(x) -> torch.device:
     return x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
 
 
-def _encode(text: str) -> torch.Tensor:
+def encode_text(text: str) -> torch.Tensor:
+    """`text` as a uint8 tensor: how states hold strings and still load with weights_only."""
     return torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from xlab.errors import XLabError
 from xlab.memory import indexes
-from xlab.memory.associative import COUNTERS, STATE_KEYS, AssociativeMemory, MemoryReadout
+from xlab.memory.associative import COUNTERS, AssociativeMemory, MemoryReadout, encode_text
 from xlab.memory.device_search import DeviceFlatSearch
 
 ADDS, REMOVES, EVICTIONS, FADED, SEARCHES = (COUNTERS.index(name) for name in
@@ -149,8 +149,7 @@ class DeviceMemory:
         if not len(wanted):
             return
         stored = self._ids[:-1]
-        at = torch.searchsorted(wanted, stored).clamp(max=len(wanted) - 1)
-        hit = (wanted[at] == stored) & (stored >= 0)
+        hit = _find(wanted, stored)[1] & (stored >= 0)
         self._counters[REMOVES] += hit.sum()
         self._forget(hit)
 
@@ -191,25 +190,34 @@ class DeviceMemory:
         self._counters.zero_()
 
     # --- states in AssociativeMemory's format ---------------------------------------------------
+    def _live_in_id_order(self) -> tuple[Tensor, Tensor]:
+        """The live slots in id order and every slot's id, on the host (this waits for the device)."""
+        ids = self._ids[:-1].cpu()
+        live = torch.nonzero(ids >= 0).flatten()
+        return live[torch.argsort(ids[live])], ids
+
+    def tagged(self) -> tuple[Tensor, Tensor]:
+        """The tags and ids of the tagged entries, in id order, on the host."""
+        live, ids = self._live_in_id_order()
+        tags = self._tags[:-1].cpu()[live]
+        return tags[tags >= 0], ids[live][tags >= 0]
+
     def state_dict(self) -> dict[str, Tensor]:
         """AssociativeMemory's state (live entries in id order, a faiss flat index of them) plus
         `open_rows` and `open_ids`: the tagged entries' tags and ids, in id order."""
-        ids = self._ids[:-1].cpu()
-        live = torch.nonzero(ids >= 0).flatten()
-        live = live[torch.argsort(ids[live])]
+        live, ids = self._live_in_id_order()
         vectors = self._vectors[:-1].cpu()[live].contiguous()
         index = indexes.exact_index(self.dim, self.metric)
         if len(live):
             index.add_with_ids(vectors.numpy(), ids[live].numpy())
-        tags = self._tags[:-1].cpu()[live]
+        open_rows, open_ids = self.tagged()
         return {
             "memory_size": torch.tensor(self.capacity), "memory_dim": torch.tensor(self.dim),
-            "index_type": torch.tensor(list(b"flat"), dtype=torch.uint8),
-            "metric": torch.tensor(list(self.metric.encode()), dtype=torch.uint8),
+            "index_type": encode_text(self.index_type), "metric": encode_text(self.metric),
             "ids": ids[live], "vectors": vectors, "ages": self._ages[:-1].cpu()[live],
             "weights": self._weights[:-1].cpu()[live], "next_id": self._next_id.cpu(),
             "index": torch.from_numpy(indexes.serialize(index)), "index_trained": torch.tensor(True),
-            "counters": self._counters.cpu(), "open_rows": tags[tags >= 0], "open_ids": ids[live][tags >= 0],
+            "counters": self._counters.cpu(), "open_rows": open_rows, "open_ids": open_ids,
         }
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -225,12 +233,14 @@ class DeviceMemory:
         self._weights[:n] = state["weights"].to(self.device, torch.float32)
         self._next_id = torch.as_tensor(state["next_id"]).to(self.device, torch.long).reshape(())
         self._counters = torch.as_tensor(state["counters"]).to(self.device, torch.long).clone()
-        if "open_ids" in state and n:
-            open_ids = state["open_ids"].to(self.device, torch.long)
-            open_rows = state["open_rows"].to(self.device, torch.long)
-            order = torch.argsort(open_ids)
-            open_ids, open_rows = open_ids[order], open_rows[order]
-            stored = self._ids[:n]
-            at = torch.searchsorted(open_ids, stored).clamp(max=max(0, len(open_ids) - 1))
-            if len(open_ids):
-                self._tags[:n] = torch.where(open_ids[at] == stored, open_rows[at], -1)
+        if n and len(state.get("open_ids", ())):
+            open_ids, order = torch.sort(state["open_ids"].to(self.device, torch.long))
+            open_rows = state["open_rows"].to(self.device, torch.long)[order]
+            at, found = _find(open_ids, self._ids[:n])
+            self._tags[:n] = torch.where(found, open_rows[at], -1)
+
+
+def _find(keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """For each of `values`, its position in the sorted, non-empty `keys` and whether it is there."""
+    at = torch.searchsorted(keys, values).clamp(max=len(keys) - 1)
+    return at, keys[at] == values

@@ -12,10 +12,15 @@ import torch.distributed as dist
 from torch import Tensor
 
 
+def _alone() -> bool:
+    """No process group of two or more: nothing to gather from or agree with."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1
+
+
 def gather_rows(rows: Tensor) -> tuple[Tensor, int]:
     """Every rank's (N_r, ...) rows concatenated in rank order, and where this rank's start.
     Without an initialized process group (one process, or sampling) the rows come back as is."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _alone():
         return rows, 0
     world, rank = dist.get_world_size(), dist.get_rank()
     count = torch.tensor([rows.shape[0]], device=rows.device)
@@ -33,7 +38,7 @@ def gather_rows(rows: Tensor) -> tuple[Tensor, int]:
 def gather_equal(rows: Tensor) -> tuple[Tensor, int]:
     """`gather_rows` for rows of the same shape on every rank (fixed-size writes): one
     all_gather and no count exchanged first, so the host never waits to learn a size."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _alone():
         return rows, 0
     gathered = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, rows.contiguous())
@@ -42,7 +47,7 @@ def gather_equal(rows: Tensor) -> tuple[Tensor, int]:
 
 def largest(count: int, device: torch.device) -> int:
     """The largest `count` over the ranks (`count` itself in one process). Waits for every rank."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _alone():
         return count
     value = torch.tensor([count], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
@@ -59,7 +64,7 @@ def world_and_rank() -> tuple[int, int]:
 def gather_objects(value: object) -> list | None:
     """Every rank's `value` in rank order (pickled across); None without a process group of two
     or more, where there is nothing to gather."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _alone():
         return None
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)

@@ -144,18 +144,17 @@ class MemoryStore(nn.Module):
         last = torch.where(has_end, T - 1 - ends.flip(1).to(torch.uint8).argmax(1), -1)  # each row's last eos
         finished = torch.arange(T, device=ends.device) <= last[:, None]
         staying = stores & ~finished
+        rows = torch.arange(B, device=ends.device)[:, None].expand(B, T)
         if self.on_device:
             if age:  # faded entries leave their tags before the closing rows are read
                 self.entries.step()
             closing = self.entries.close_tags(has_end)
-            rows = torch.arange(B, device=ends.device)[:, None].expand(B, T)
             ids = self.add(flat, False, stores.reshape(-1), torch.where(staying, rows, -1).reshape(-1)).view(B, T)
         else:
             ids = self.add(flat, age, stores.reshape(-1)).view(B, T)
             open_rows, open_ids = self.open_rows.to(ids.device), self.open_ids.to(ids.device)
             shut = torch.where(open_rows < B, has_end[open_rows.clamp(max=B - 1)], False)
             closing = open_ids[shut]
-            rows = torch.arange(B, device=ids.device)[:, None].expand(B, T)
             self.open_rows = torch.cat([open_rows[~shut], rows[staying]])
             self.open_ids = torch.cat([open_ids[~shut], ids[staying]])
         return torch.cat([closing, torch.where(stores & finished, ids, -1).reshape(-1)])
@@ -193,8 +192,7 @@ class MemoryStore(nn.Module):
     @property
     def open_documents(self) -> dict[int, Tensor]:
         """Row -> ids written since that row's last eos."""
-        state = self._entries_state()
-        rows, ids = state.get("open_rows", self.open_rows), state.get("open_ids", self.open_ids)
+        rows, ids = self.entries.tagged() if self.on_device else (self.open_rows, self.open_ids)
         return {row: ids[rows == row] for row in rows.unique().tolist()}
 
     # --- reading rows ---------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from xlab.datamodules.datasets import IGNORE_INDEX
 from xlab.errors import XLabError
-from xlab.memory import MemoryStore, PendingDeletes
+from xlab.memory import MemoryStore
 from xlab.memory.store import every_ranks_reading, with_this_ranks_reading
 from xlab.models.blocks import position_ids
 from xlab.models.gpt2_backbone import gpt2_transformer
