@@ -10,6 +10,7 @@ import random
 import sys
 from pathlib import Path
 
+import lightning as L
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,3 +113,15 @@ def write_dialogue_episodes(path: Path, count: int = 200, seed: int = 0) -> Path
 def digest(tensor: torch.Tensor) -> str:
     """A short fingerprint of a tensor's exact bytes."""
     return hashlib.sha256(tensor.detach().contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+class StepLosses(L.Callback):
+    """A Lightning callback that records each training step's loss as an exact hex float."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses: list[str] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append(float(loss.detach()).hex())
