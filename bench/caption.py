@@ -68,7 +68,11 @@ def data_module(setting: Setting, cache: Path, blank: bool = False, scst: bool =
 def trainer(steps: int, device: str):
     import lightning as L
 
+    from xlab.callbacks import GenerationMetrics
+
+    # GenerationMetrics decodes the test images and scores the captions, as the CLI's runs do.
     return L.Trainer(max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                     callbacks=[GenerationMetrics()],
                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                      accelerator=accelerator(device), devices=1, gradient_clip_val=1.0)
 
@@ -109,7 +113,7 @@ def style_rate(model, data, device: str) -> float:
 def run(setting: Setting, meteor: bool = False, seed: int = 0, device: str = "cpu") -> dict[str, float]:
     import lightning as L
 
-    from xlab.models import CaptionModel
+    from xlab.captions import CaptionModel
 
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:

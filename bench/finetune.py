@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from xlab.datamodules import XLabDataModule
-    from xlab.export import export_checkpoint_
-    from xlab.export_hf import export_hf_
+    from xlab.interop.export import export_checkpoint_
+    from xlab.interop.export_hf import export_hf_
     from xlab.models import XLabModel
 
     started = time.time()

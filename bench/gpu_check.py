@@ -132,7 +132,7 @@ def check_memory_waits() -> str:
     import warnings
 
     from bench.memory import interleaved
-    from xlab.models.memory_gpt2 import MemoryGPT2
+    from xlab.memory.model import MemoryGPT2
 
     vocab = 50304
     batches = [torch.randint(4, vocab, (8, 257), device="cuda") for _ in range(4)]
@@ -179,7 +179,7 @@ def check_faiss_retrieval(folder: Path) -> str:
     import faiss
     import numpy as np
 
-    from xlab.retrieval.index import build_index_
+    from xlab.retro.index import build_index_
 
     if faiss.get_num_gpus() == 0:
         raise RuntimeError("faiss sees no GPU: install faiss-gpu")

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from bench.device import add_device_option, require_device  # noqa: E402
 from bench.peaks import clock  # noqa: E402
 from xlab.memory import AssociativeMemory  # noqa: E402
-from xlab.models.memory_gpt2 import MemoryGPT2  # noqa: E402
+from xlab.memory.model import MemoryGPT2  # noqa: E402
 
 
 def timed(fn, device: torch.device) -> float:

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from bench.device import accelerator, add_device_option, require_device  # noqa: E402
 from xlab.datamodules.sources.recall import RecallSource  # noqa: E402
 from xlab.datamodules.streams import StreamDataModule  # noqa: E402
-from xlab.models.memory_gpt2 import MemoryGPT2  # noqa: E402
+from xlab.memory.model import MemoryGPT2  # noqa: E402
 
 
 def recall_run(use_memory: bool, cache_dir: str, steps: int = 600, facts: int = 8, keys: int = 1024,

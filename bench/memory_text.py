@@ -39,7 +39,7 @@ import yaml  # noqa: E402
 
 from bench.device import accelerator, add_device_option, require_device  # noqa: E402
 from xlab.datamodules.streams import StreamDataModule  # noqa: E402
-from xlab.models.memory_gpt2 import MemoryGPT2  # noqa: E402
+from xlab.memory.model import MemoryGPT2  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Document lengths in contexts: fits one, up to four, longer than four.

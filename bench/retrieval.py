@@ -108,9 +108,8 @@ class AnonPeak:
 
 def run_one(n_chunks: int, dim: int, budget: str, search_budget: float | None, factory: str | None,
             target: float) -> dict:
-    from xlab.retrieval import (build_index_, chunk_tokens_, embed_chunks_, make_embedder,
-                                precompute_neighbours_)
-    from xlab.retrieval.chunking import open_chunks
+    from xlab.retro import build_index_, chunk_tokens_, embed_chunks_, make_embedder, precompute_neighbours_
+    from xlab.retro.chunking import open_chunks
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from bench.device import add_device_option, require_device, to_device  # noqa: E402
 from xlab.datamodules.datasets import BlockDataset
-from xlab.datamodules.retro import RetroEvalDataset, RetroTrainDataset
-from xlab.models import RetroModel, XLabModel
-from xlab.retrieval import build_retrieval_database_
+from xlab.models import XLabModel
+from xlab.retro import RetroModel, build_retrieval_database_
+from xlab.retro.datamodule import RetroEvalDataset, RetroTrainDataset
 
 
 @dataclass(frozen=True)

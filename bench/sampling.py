@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def build_models(shape: str, device: str = "cpu"):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from xlab.hf_gpt2 import xlab_from_gpt2
+    from xlab.interop.hf_gpt2 import xlab_from_gpt2
 
     torch.manual_seed(0)
     config = GPT2Config(**SHAPES[shape], bos_token_id=0, eos_token_id=0, pad_token_id=0)

@@ -52,7 +52,7 @@ def build_models(shape: str, max_len: int, device: torch.device, compile: bool):
     """(XLabModel for the plain loop, XLabModel for Lightning, GPT2LMHeadModel): same weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from xlab.hf_gpt2 import xlab_hparams_from_gpt2, xlab_state_dict_from_gpt2
+    from xlab.interop.hf_gpt2 import xlab_hparams_from_gpt2, xlab_state_dict_from_gpt2
     from xlab.models import XLabModel
 
     torch.manual_seed(0)

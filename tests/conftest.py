@@ -53,7 +53,7 @@ def tiny_checkpoint(corpus_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_checkpoint, tmp_path_factory) -> Path:
-    from xlab.export import export_checkpoint_
+    from xlab.interop.export import export_checkpoint_
 
     return export_checkpoint_(tiny_checkpoint, tmp_path_factory.mktemp("exports") / "tiny")
 

@@ -34,8 +34,10 @@ def write_corpus(folder: Path, documents: int = 200, seed: int = 0, words: int =
     return folder
 
 
-def tiny(tmp_path: Path, sources: list[dict], steps: int = 4) -> list[str]:
-    """Overrides that shrink any XLabModel recipe to seconds on a CPU."""
+def tiny(tmp_path: Path, sources: list[dict] | None, steps: int = 4) -> list[str]:
+    """Overrides that shrink any XLabModel recipe to seconds on a CPU (`sources`: None for data
+    modules that read no text corpus, such as dialogue)."""
+    corpus = ["--data.init_args.sources", json.dumps(sources)] if sources is not None else []
     return [
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
         "--trainer.precision", "32-true", "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "2",
@@ -43,7 +45,7 @@ def tiny(tmp_path: Path, sources: list[dict], steps: int = 4) -> list[str]:
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
         "--model.init_args.n_layer", "1", "--model.init_args.n_head", "2", "--model.init_args.n_embd", "32",
         "--model.init_args.max_len", "16", "--model.init_args.compile", "false",
-        "--data.init_args.sources", json.dumps(sources), "--data.init_args.vocab_size", "400",
+        *corpus, "--data.init_args.vocab_size", "400",
         "--data.init_args.cache_dir", str(tmp_path / "cache"), "--data.init_args.batch_size", "4",
         "--data.init_args.num_workers", "0", "--data.init_args.max_documents", "null",
     ]
@@ -78,7 +80,7 @@ def sharp_model(vocab_size: int = 48, max_len: int = 16, positions: str = "learn
 
 def retro_data(corpus_dir: Path, tmp_path: Path, **overrides):
     """A RetroDataModule over the test corpus, prepared and set up for fit: chunks of 4, k=2."""
-    from xlab.datamodules.retro import RetroDataModule
+    from xlab.retro.datamodule import RetroDataModule
 
     settings = dict(sources=[{"kind": "text_folder", "path": str(corpus_dir)}], vocab_size=TOKENIZER_SIZE,
                     max_len=16, chunk_size=4, k=2, batch_size=4, cache_dir=str(tmp_path / "cache"))

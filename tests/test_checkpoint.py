@@ -1,4 +1,4 @@
-"""Reading checkpoints (`xlab.checkpoint`): one-line errors for files that are not checkpoints, the
+"""Reading checkpoints (`xlab.common.checkpoint`): one-line errors for files that are not checkpoints, the
 records every LanguageModel writes, and that the module stands on the ground floor (no models)."""
 
 from __future__ import annotations
@@ -9,16 +9,15 @@ import sys
 import pytest
 import torch
 
-from xlab.checkpoint import (MODEL_CLASS_RECORD, STATE_SUMMARY_RECORD, check_saved_class, read_checkpoint,
-                             saved_class_path, state_summary, tokenizer_bytes, training_info)
-from xlab.errors import XLabError
-
 from tests.helpers import ROOT
+from xlab.common.checkpoint import (MODEL_CLASS_RECORD, STATE_SUMMARY_RECORD, check_saved_class, read_checkpoint,
+                                    saved_class_path, state_summary, tokenizer_bytes, training_info)
+from xlab.common.errors import XLabError
 
 
 def test_reading_a_checkpoint_imports_no_model_and_no_lightning():
-    probe = ("import sys, xlab.checkpoint\n"
-             "print(sorted(m for m in sys.modules if m.startswith(('xlab.models', 'xlab.export', 'lightning'))))")
+    probe = ("import sys, xlab.common.checkpoint\n"
+             "print(sorted(m for m in sys.modules if m.startswith(('xlab.models', 'xlab.interop.export', 'lightning'))))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -65,7 +64,8 @@ def test_the_records_of_a_trained_checkpoint(tiny_checkpoint):
 
 
 def test_class_paths_and_their_check():
-    from xlab.models import LanguageModel, MemoryGPT2, XLabModel
+    from xlab.memory import MemoryGPT2
+    from xlab.models import LanguageModel, XLabModel
 
     cli = {"hyper_parameters": {"_class_path": "xlab.models.MemoryGPT2"}, MODEL_CLASS_RECORD: "ignored"}
     assert saved_class_path(cli) == "xlab.models.MemoryGPT2"  # LightningCLI's path comes first
@@ -87,7 +87,8 @@ def test_missing_tokenizer_and_summaries_of_other_shapes():
 
 
 def test_load_from_checkpoint_refuses_another_kind_in_one_line(tiny_checkpoint):
-    from xlab.models import MemoryGPT2, XLabModel
+    from xlab.memory import MemoryGPT2
+    from xlab.models import XLabModel
 
     with pytest.raises(XLabError, match="holds a model of class XLabModel, not MemoryGPT2"):
         MemoryGPT2.load_from_checkpoint(tiny_checkpoint)
@@ -97,5 +98,7 @@ def test_load_from_checkpoint_refuses_another_kind_in_one_line(tiny_checkpoint):
 def test_a_class_that_is_no_xlab_model_is_named_as_such():
     from xlab.models import XLabModel
 
-    with pytest.raises(XLabError, match="'os.system' is not an XLab model; known: .*xlab.models.XLabModel"):
+    with pytest.raises(XLabError, match="'os.system' is not an XLab model: .*xlab.models.XLabModel"):
         check_saved_class({"hyper_parameters": {"_class_path": "os.system"}}, XLabModel)
+    with pytest.raises(XLabError, match="'xlab.common.errors.XLabError' is not an XLab model"):
+        check_saved_class({"hyper_parameters": {"_class_path": "xlab.common.errors.XLabError"}}, XLabModel)

@@ -29,9 +29,13 @@ def local_wikitext(tmp_path: Path, corpus_dir: Path) -> Path:
     return path
 
 
-def sources_for(recipe: str, tmp_path: Path, corpus_dir: Path) -> list[dict]:
-    """The recipe's own source kind, pointed at local data the test writes."""
-    source = (yaml.safe_load((CONF / recipe).read_text())["data"]["init_args"].get("sources") or [{"kind": None}])[0]
+def sources_for(recipe: str, tmp_path: Path, corpus_dir: Path) -> list[dict] | None:
+    """The recipe's own source kind, pointed at local data the test writes (None: its data reads
+    no text corpus)."""
+    data = yaml.safe_load((CONF / recipe).read_text())["data"]["init_args"]
+    if "sources" not in data:
+        return None
+    source = (data.get("sources") or [{"kind": None}])[0]
     if source["kind"] == "huggingface":
         group = source.get("group", "row")
         return [{**source, "name": None, "path": str(local_wikitext(tmp_path, corpus_dir)), "split": "train",

@@ -24,10 +24,9 @@ import yaml
 import xlab
 from tests.helpers import TOKENIZER_SIZE
 from xlab.cli import main
+from xlab.common.errors import XLabError
 from xlab.datamodules import XLabDataModule
-from xlab.errors import XLabError
-from xlab.models import LanguageModel
-from xlab.models.registry import allowed_model_classes
+from xlab.models import LanguageModel, XLabModel
 
 # Small sizes, so that probing a model costs milliseconds; only the names a class takes are used.
 MODEL_BASE = {"vocab_size": 64, "max_len": 16, "n_layer": 2, "n_head": 2, "n_embd": 32, "enc_dim": 32,
@@ -60,7 +59,7 @@ def data_module_classes() -> list[type]:
 
 def model_classes() -> list[type]:
     _import_package()
-    classes = set(allowed_model_classes().values()) | _subclasses(LanguageModel)
+    classes = _subclasses(LanguageModel)
     return sorted((c for c in classes if c.__module__.startswith("xlab.") and not inspect.isabstract(c)),
                   key=lambda c: c.__name__)
 
@@ -185,7 +184,7 @@ def test_the_probe_finds_the_known_refusals_and_every_class():
 
 
 def _config(tmp_path, corpus_dir, section, cls, name, value) -> str:
-    model_cls = cls if section == "model" else allowed_model_classes()["XLabModel"]
+    model_cls = cls if section == "model" else XLabModel
     data_cls = cls if section == "data" else XLabDataModule
     model_args = {k: v for k, v in MODEL_BASE.items() if k in constructor_parameters(model_cls) and k not in LINKED["model"]}
     data_args = {"sources": [{"kind": "text_folder", "path": str(corpus_dir)}], "vocab_size": TOKENIZER_SIZE,

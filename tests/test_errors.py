@@ -1,9 +1,9 @@
-"""xlab.errors: the message of a library's error, as a one-line error quotes it."""
+"""xlab.common.errors: the message of a library's error, as a one-line error quotes it."""
 
 import faiss
 import pytest
 
-from xlab.errors import last_line
+from xlab.common.errors import last_line
 
 
 def test_last_line_is_where_faiss_puts_its_message():

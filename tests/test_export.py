@@ -1,4 +1,4 @@
-"""Exports and loading (`xlab.export`): round trips, safety, model-kind checks and bad input, on a
+"""Exports and loading (`xlab.interop.export`): round trips, safety, model-kind checks and bad input, on a
 checkpoint written by a real Lightning Trainer; and the README's Python API block, read from README.md."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ import json
 import pytest
 import torch
 
-from xlab.checkpoint import MODEL_CLASS_RECORD
-from xlab.errors import XLabError
-from xlab.export import CONFIG, SPM_TOKENIZER, WEIGHTS, describe, export_checkpoint_, load, load_export
-from xlab.models.registry import model_class
-
 from tests.helpers import ROOT, TOKENIZER_SIZE
+from xlab.common.checkpoint import MODEL_CLASS_RECORD
+from xlab.common.errors import XLabError
+from xlab.common.export_format import CONFIG, SPM_TOKENIZER, WEIGHTS
+from xlab.interop.describe import describe
+from xlab.interop.export import export_checkpoint_, load, load_export
+from xlab.models.registry import model_class
 
 
 def readme_python_api() -> str:
@@ -94,7 +95,7 @@ def test_export_drops_cli_keys_and_stores_tied_weights_once(tiny_checkpoint, tmp
 def test_compile_keeps_the_parameter_names(tmp_path):
     """`compile: true` compiles the bound forward, not a wrapper module: checkpoints and exports
     keep the plain names (no `_orig_mod.` level), so loaders need no renaming."""
-    from xlab.export import write_export_
+    from xlab.interop.export import write_export_
     from xlab.models import XLabModel
 
     torch.manual_seed(0)
@@ -214,7 +215,7 @@ def test_describe_builds_no_model(tiny_checkpoint, tiny_export):
     import subprocess
     import sys
 
-    probe = ("import sys\nfrom xlab.export import describe\n"
+    probe = ("import sys\nfrom xlab.interop.describe import describe\n"
              f"describe({str(tiny_checkpoint)!r}); describe({str(tiny_export)!r})\n"
              "print(sorted(m for m in sys.modules if m.startswith(('xlab.models', 'lightning'))))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout

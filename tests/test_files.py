@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xlab.files import write_bytes_, write_text_, written_aside_, written_aside_together_
+from xlab.common.files import write_bytes_, write_text_, written_aside_, written_aside_together_
 
 
 def listing(folder):

@@ -24,7 +24,7 @@ import yaml
 
 from tests.helpers import digest, load_script, write_corpus, write_dialogue_episodes
 from xlab.cli import main
-from xlab.files import write_text_
+from xlab.common.files import write_text_
 
 REFERENCE = Path(__file__).resolve().parent / "references.json"
 
@@ -42,7 +42,11 @@ OLD = {"text": ("xlab.models.XLabModel", "xlab.datamodules.XLabDataModule"),
        "retro": ("xlab.models.RetroModel", "xlab.datamodules.retro.RetroDataModule"),
        "dialogue": ("xlab.models.XLabModel", "xlab.datamodules.dialogue.DialogueDataModule"),
        "captions": ("xlab.models.CaptionModel", "xlab.captions.CaptionDataModule")}
-CURRENT = OLD
+CURRENT = {"text": ("xlab.models.XLabModel", "xlab.datamodules.XLabDataModule"),
+           "memory": ("xlab.memory.MemoryGPT2", "xlab.datamodules.StreamDataModule"),
+           "retro": ("xlab.retro.RetroModel", "xlab.retro.RetroDataModule"),
+           "dialogue": ("xlab.models.XLabModel", "xlab.dialogue.DialogueDataModule"),
+           "captions": ("xlab.captions.CaptionModel", "xlab.captions.CaptionDataModule")}
 
 
 def scenario(name: str, data_dir: Path) -> tuple[dict, dict]:

@@ -14,15 +14,14 @@ import lightning as L
 import pytest
 import torch
 
+from tests.helpers import TOKENIZER_SIZE
 from xlab.callbacks import RandomState
-from xlab.datamodules.datamodule import XLabDataModule
 from xlab.datamodules.resumable import EpochShuffle
 from xlab.datamodules.sources.recall import RecallSource
 from xlab.datamodules.streams import StreamDataModule
+from xlab.datamodules.text import XLabDataModule
+from xlab.memory.model import MemoryGPT2
 from xlab.models import XLabModel
-from xlab.models.memory_gpt2 import MemoryGPT2
-
-from tests.helpers import TOKENIZER_SIZE
 
 STEPS, EPOCH, SAVE_EVERY = 12, 5, 4  # checkpoints at steps 4 (epoch 0) and 8 (epoch 1)
 

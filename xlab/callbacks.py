@@ -1,5 +1,5 @@
 """Callbacks the CLI always installs: step-exact last checkpoints, the random state that makes a
-resume exact, a run summary, predictions."""
+resume exact, scores by generation, a run summary, predictions."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 
-from xlab.files import written_aside_
+from xlab.common.files import written_aside_
 
 
 class XLabCheckpoint(ModelCheckpoint):
@@ -69,6 +69,52 @@ class RandomState(L.Callback):
         np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
         if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class GenerationMetrics(L.Callback):
+    """Scores the model by generating, at the end of each validation and test, with the evaluator
+    its data module gives (`DataModule.generation_evaluator`: dialogue's Hits@1 and F1, captions'
+    COCO metrics), and logs them as {stage}/{name}. Data without one costs nothing.
+
+    The CLI installs it in every run, so `validate` and `test` from a checkpoint report what
+    training reported; a Trainer built in Python adds it to its callbacks."""
+
+    def __init__(self):
+        self._evaluator = None
+
+    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        offer = getattr(datamodule, "generation_evaluator", None)
+        self._evaluator = offer(pl_module) if offer is not None and not trainer.sanity_checking else None
+
+    def _update(self, pl_module: L.LightningModule, batch: Any) -> None:
+        if self._evaluator is not None:
+            self._evaluator.update(pl_module, batch)
+
+    def _finish(self, pl_module: L.LightningModule, stage: str) -> None:
+        evaluator, self._evaluator = self._evaluator, None
+        if evaluator is None:
+            return
+        for name, value in evaluator.compute(pl_module, stage).items():
+            pl_module.log(f"{stage}/{name}", value, prog_bar=stage == "val", sync_dist=False, rank_zero_only=False)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(trainer, pl_module)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(trainer, pl_module)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update(pl_module, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update(pl_module, batch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish(pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish(pl_module, "test")
 
 
 class RunSummary(L.Callback):

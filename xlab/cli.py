@@ -11,22 +11,24 @@ share one `read_checkpoint`.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import namespace_to_dict
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from xlab.callbacks import DocumentScoreWriter, RandomState, RunSummary, XLabCheckpoint
-from xlab.checkpoint import read_checkpoint
+from xlab.callbacks import DocumentScoreWriter, GenerationMetrics, RandomState, RunSummary, XLabCheckpoint
 from xlab.cli_errors import XLabArgumentParser, xlab_error_in
-from xlab.datamodules import XLabDataModule
-from xlab.errors import XLabError, exit_with
+from xlab.common.checkpoint import read_checkpoint
+from xlab.common.errors import XLabError, exit_with
+from xlab.datamodules.base import DataModule
 from xlab.models import LanguageModel
 from xlab.progress_bar import StepProgressBar
 
@@ -75,8 +77,13 @@ class ReadOnceCheckpointIO:
 
 
 class XLabCLI(LightningCLI):
-    def __init__(self, *args: Any, checkpoint_reads: CheckpointReads | None = None, **kwargs: Any):
+    """LightningCLI with XLab's links and defaults. `data_only` builds the data module alone (no model,
+    no trainer): what `manage.py prepare-data` and `build-retrieval` need from a recipe."""
+
+    def __init__(self, *args: Any, checkpoint_reads: CheckpointReads | None = None, data_only: bool = False,
+                 **kwargs: Any):
         self.checkpoint_reads = checkpoint_reads or CheckpointReads()
+        self.data_only = data_only
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -118,6 +125,12 @@ class XLabCLI(LightningCLI):
         # A data module's or model's constructor refusing a setting is the user's one-line error,
         # not a traceback through jsonargparse's union of types.
         try:
+            if self.data_only:
+                data = self.config["data"]
+                module, _, name = data["class_path"].rpartition(".")
+                data_class = getattr(importlib.import_module(module), name)
+                self.datamodule = data_class(**namespace_to_dict(data["init_args"]))
+                return
             super().instantiate_classes()
         except Exception as error:
             found = xlab_error_in(error)
@@ -174,23 +187,30 @@ def main(args: list[str] | None = None) -> XLabCLI | None:
     reads = CheckpointReads()
     try:
         check_arguments(argv, reads)
-        uses_config = any(a in ("-c", "--config") or a.startswith("--config=") for a in argv)
-        defaults = {} if uses_config else {"default_config_files": [str(DEFAULT_CONFIG)]}
-        return XLabCLI(
-            LanguageModel,
-            XLabDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=args,
-            auto_configure_optimizers=False,
-            parser_class=XLabArgumentParser,
-            trainer_defaults={"callbacks": [RunSummary(), RandomState()]},
-            parser_kwargs={name: defaults for name in SUBCOMMANDS},
-            save_config_kwargs={"overwrite": True},
-            checkpoint_reads=reads,
-        )
+        defaults = _defaults(argv)
+        return XLabCLI(LanguageModel, DataModule, args=args, parser_kwargs={name: defaults for name in SUBCOMMANDS},
+                       trainer_defaults={"callbacks": [RunSummary(), RandomState(), GenerationMetrics()]},
+                       checkpoint_reads=reads, **CLI_SETTINGS)
     except (XLabError, MisconfigurationException) as error:
         exit_with(error)
+
+
+def data_module_from_config(args: list[str]):
+    """The data module a recipe describes, read as `xlab.py fit` reads it (conf/defaults.yaml without
+    -c, the links from the model's settings, one-line errors), built without the model or a trainer."""
+    cli = XLabCLI(LanguageModel, DataModule, args=list(args), run=False, parser_kwargs=_defaults(args),
+                  data_only=True, **CLI_SETTINGS)
+    return cli.datamodule
+
+
+CLI_SETTINGS = dict(subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,
+                    parser_class=XLabArgumentParser, save_config_kwargs={"overwrite": True})
+
+
+def _defaults(argv: list[str]) -> dict[str, Any]:
+    """conf/defaults.yaml, unless the arguments name a config of their own."""
+    uses_config = any(a in ("-c", "--config") or a.startswith("--config=") for a in argv)
+    return {} if uses_config else {"default_config_files": [str(DEFAULT_CONFIG)]}
 
 
 def check_arguments(argv: list[str], reads: CheckpointReads) -> None:

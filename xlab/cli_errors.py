@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
           "Expected a <class 'NoneType'>", "Given value type:", "Given value:", "Problem with given class_path")

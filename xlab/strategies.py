@@ -4,9 +4,8 @@ DDP keeps a whole copy of the weights, gradients and AdamW state on every GPU (1
 parameter in fp32 before activations: ~2 GB at 124M parameters, ~110 GB at 7B). FSDP shards all
 three across the GPUs and gathers one transformer block's weights at a time for its forward and
 backward, so the per-GPU memory falls with the number of GPUs. `XLabFSDP` is Lightning's
-FSDPStrategy with what XLab decides for it: every transformer block (XLabModel's `Block`,
-RetroModel's `DecoderLayer` and `EncoderLayer`, GPT-2's block inside MemoryGPT2) is its own
-FSDP unit; the original parameters stay visible, so the optimizer's decay / no-decay groups work
+FSDPStrategy with what XLab decides for it: every transformer block is its own FSDP unit (the
+model names its blocks: `LanguageModel.fsdp_units`); the original parameters stay visible, so the optimizer's decay / no-decay groups work
 unchanged; checkpoints are sharded by default (each rank writes its own shard into a folder, in
 parallel, with no rank holding the whole model). Typed primitive arguments only, so a YAML
 recipe can select it:
@@ -28,18 +27,9 @@ from typing import Literal
 
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from xlab.errors import XLabError
-
-
-def block_classes() -> set[type[nn.Module]]:
-    """The transformer blocks of every XLab model: FSDP's wrapping units."""
-    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
-
-    from xlab.models.blocks import Block
-    from xlab.models.retro import DecoderLayer, EncoderLayer
-
-    return {Block, DecoderLayer, EncoderLayer, GPT2Block}
+from xlab.common.errors import XLabError
 
 
 class XLabFSDP(FSDPStrategy):
@@ -60,10 +50,22 @@ class XLabFSDP(FSDPStrategy):
     def __init__(self, sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"] = "FULL_SHARD",
                  state_dict_type: Literal["sharded", "full"] = "sharded", activation_checkpointing: bool = False,
                  cpu_offload: bool = False):
-        blocks = block_classes()
-        super().__init__(auto_wrap_policy=blocks, sharding_strategy=sharding_strategy,
-                         state_dict_type=state_dict_type, cpu_offload=cpu_offload,
-                         activation_checkpointing_policy=blocks if activation_checkpointing else None)
+        super().__init__(sharding_strategy=sharding_strategy, state_dict_type=state_dict_type, cpu_offload=cpu_offload)
+        self.checkpoint_blocks = activation_checkpointing
+
+    def wrap_units(self, model: nn.Module) -> None:
+        """Wrap (and with activation checkpointing, recompute) each block `model` names; a model
+        that names none is one unit."""
+        units = set(model.fsdp_units()) if hasattr(model, "fsdp_units") else set()
+        if units:
+            self.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(units)
+            if self.checkpoint_blocks:
+                self._activation_checkpointing_kwargs = {"auto_wrap_policy": ModuleWrapPolicy(units)}
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        # The units are the model's to name, and the model exists only now.
+        self.wrap_units(self.lightning_module)
+        return super()._setup_model(model)
 
     def setup_environment(self) -> None:
         # Lightning refuses `strategy="fsdp"` off CUDA, but not a subclass: without this check a

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from xlab.captions.images import load_pixels, transform
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "1"])

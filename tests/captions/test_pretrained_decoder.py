@@ -15,7 +15,7 @@ from tests.helpers import CONF, load_script
 from tests.interop.helpers import write_gpt2_folder_
 from xlab.captions.synthetic import STYLES, references
 from xlab.cli import main
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -34,8 +34,7 @@ def gpt2(tmp_path_factory):
 
 
 def test_decoder_weights_are_the_folders(gpt2, tmp_path):
-    from xlab.captions import CaptionDataModule
-    from xlab.models import CaptionModel
+    from xlab.captions import CaptionDataModule, CaptionModel
 
     data = CaptionDataModule(captions=[{"kind": "synthetic_shapes", "images": IMAGES}], tokenizer_path=str(gpt2),
                              cache_dir=str(tmp_path / "cache"), max_len=48)
@@ -62,7 +61,7 @@ def test_decoder_weights_are_the_folders(gpt2, tmp_path):
 
 
 def test_init_from_is_refused_with_both_names():
-    from xlab.models import CaptionModel
+    from xlab.captions import CaptionModel
 
     with pytest.raises(XLabError, match="decoder_from.*start_checkpoint"):
         CaptionModel(init_from="models/gpt2")

@@ -11,7 +11,7 @@ from xlab.captions import CaptionDataModule
 from xlab.captions.sources import build_caption_source
 from xlab.captions.synthetic import STYLES as SYNTHETIC_STYLES
 from xlab.captions.synthetic import detect_style, draw, references, scene
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 
 def data_module(tmp_path, captions, **kwargs):

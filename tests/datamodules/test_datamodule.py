@@ -6,7 +6,7 @@ import pytest
 
 from tests.helpers import write_corpus
 from tests.helpers import xlab_data as make
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 
 def test_tokenizer_travels_in_the_state_dict(corpus_dir, tmp_path):

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 
 from tests.helpers import xlab_data as make
-from xlab.datamodules.datasets import IGNORE_INDEX, BlockDataset, DocumentWindows, pad_collate
+from xlab.common.tokenizer import IGNORE_INDEX
+from xlab.datamodules.datasets import BlockDataset, DocumentWindows, pad_collate
 
 
 def test_blocks_are_shifted_windows_with_byte_counts(corpus_dir, tmp_path):

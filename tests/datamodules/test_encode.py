@@ -5,8 +5,8 @@ import pytest
 
 from tests.helpers import write_corpus
 from tests.helpers import xlab_data as make
+from xlab.common.errors import XLabError
 from xlab.datamodules.splits import SPLITS
-from xlab.errors import XLabError
 
 
 def test_every_document_lands_in_exactly_one_split(corpus_dir, tmp_path):

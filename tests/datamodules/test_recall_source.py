@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from xlab.common.errors import XLabError
 from xlab.datamodules.sources import build_source
 from xlab.datamodules.sources.recall import FACT, QUESTION, RecallSource
-from xlab.errors import XLabError
 
 SETTINGS = {"documents": 400, "facts": 4, "keys": 64, "values": 8, "seed": 3}
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xlab.datamodules.datasets import IGNORE_INDEX
-from xlab.datamodules.retro import RetroDataModule
-from xlab.errors import XLabError
-
 from tests.helpers import retro_data as make
+from xlab.common.errors import XLabError
+from xlab.common.tokenizer import IGNORE_INDEX
+from xlab.retro.datamodule import RetroDataModule
 
 
 def test_batches_carry_chunked_neighbours(corpus_dir, tmp_path):
@@ -96,7 +95,7 @@ def test_manage_build_retrieval_then_train_with_it(corpus_dir, tmp_path, capsys)
     config = tmp_path / "retro.yaml"
     config.write_text(yaml.safe_dump({
         "model": {"class_path": "xlab.models.RetroModel", "init_args": {"max_len": 16}},
-        "data": {"class_path": "xlab.datamodules.retro.RetroDataModule",
+        "data": {"class_path": "xlab.retro.datamodule.RetroDataModule",
                  "init_args": {"sources": [{"kind": "text_folder", "path": str(corpus_dir)}], "vocab_size": 400,
                                "chunk_size": 4, "cache_dir": str(tmp_path / "cache")}}}))
     out = tmp_path / "db"

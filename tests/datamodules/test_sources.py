@@ -3,8 +3,8 @@ import json
 import datasets
 import pytest
 
+from xlab.common.errors import XLabError
 from xlab.datamodules.sources import build_source
-from xlab.errors import XLabError
 
 WIKITEXT_ROWS = [" \n", " = Alpha = \n", " \n", " Alpha is first . \n", " = = History = = \n",
                  " It began . \n", " = Beta = \n", " Beta follows . \n"]

@@ -2,8 +2,8 @@ import collections
 
 import pytest
 
+from xlab.common.errors import XLabError
 from xlab.datamodules.splits import SPLITS, check_fractions, split_of
-from xlab.errors import XLabError
 
 FRACTIONS = (0.9, 0.05, 0.025, 0.025)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from xlab.common.errors import XLabError
 from xlab.datamodules.sources.recall import QUESTION, RecallSource
 from xlab.datamodules.streams import StreamBlocks, StreamDataModule
-from xlab.errors import XLabError
 
 SETTINGS = {"documents": 400, "facts": 4, "keys": 64, "values": 8, "seed": 3}
 

@@ -1,9 +1,8 @@
 import pytest
 
-from xlab.datamodules.tokenizer import EOS_ID, PAD_ID, SOS_ID, UNK_ID, Tokenizer
-from xlab.errors import XLabError
-
 from tests.helpers import WORDS
+from xlab.common.errors import XLabError
+from xlab.common.tokenizer import EOS_ID, PAD_ID, SOS_ID, UNK_ID, Tokenizer
 
 AWKWARD = [
     "  leading spaces, double  spaces and trailing   ",

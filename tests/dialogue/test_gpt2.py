@@ -15,8 +15,8 @@ from tests.dialogue.test_training import TURNS, replies_of
 from tests.helpers import CONF, ROOT
 from tests.interop.helpers import END, write_gpt2_folder_
 from xlab.cli import main
+from xlab.common.errors import XLabError
 from xlab.dialogue.render import episode_text
-from xlab.errors import XLabError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")

@@ -7,8 +7,8 @@ import pickle
 
 import pytest
 
+from xlab.common.errors import XLabError
 from xlab.dialogue.modules import build_module
-from xlab.errors import XLabError
 
 
 def episodes(spec):

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from xlab.datamodules.tokenizer import Tokenizer
+from xlab.common.errors import XLabError
+from xlab.common.tokenizer import Tokenizer
 from xlab.dialogue.episode import Episode, Turn, read_episodes
 from xlab.dialogue.filters import apply_filters, build_filter
 from xlab.dialogue.render import Renderer
-from xlab.errors import XLabError
 
 END = "<|turn_end|>"
 

@@ -64,7 +64,7 @@ def test_chat_answers_each_turn_piped_into_infer(trained):
 
 
 def test_chat_from_an_export(trained, monkeypatch, capsys):
-    from xlab.export import export_checkpoint_
+    from xlab.interop.export import export_checkpoint_
 
     tmp, _, _ = trained
     export = export_checkpoint_(sorted((tmp / "runs" / "masked").rglob("last.ckpt"))[-1], tmp / "export")

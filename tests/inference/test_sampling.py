@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xlab import inference
-from xlab.errors import XLabError
-from xlab.inference.processors import race, sample_token, warp
-
 from tests.helpers import sharp_model
+from xlab import inference
+from xlab.common.errors import XLabError
+from xlab.inference.processors import race, sample_token, warp
 
 
 def recompute(model, prompt: list[int], steps: int, block_size: int, keep: int, choose=None) -> list[int]:

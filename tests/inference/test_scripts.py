@@ -11,9 +11,8 @@ import sys
 import pytest
 import torch
 
+from tests.helpers import ROOT, TOKENIZER_SIZE, load_script
 from xlab import inference
-
-from tests.helpers import TOKENIZER_SIZE, ROOT, load_script
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +79,7 @@ def test_manage_refuses_to_overwrite_an_export(manage, tiny_checkpoint, tiny_exp
 
 
 def test_infer_greedy_prints_what_the_library_generates(infer, tiny_checkpoint, capsys):
-    from xlab.export import load
+    from xlab.interop.export import load
 
     infer.main([str(tiny_checkpoint), "the dog", "--limit", "8", "--greedy"])
     printed = capsys.readouterr().out
@@ -110,7 +109,7 @@ def reference(export, prompt: str, beam: bool = False, **settings) -> list[list[
     """The library's tokens for the same request: the export's defaults with `settings` over them."""
     from dataclasses import replace
 
-    from xlab.export import load
+    from xlab.interop.export import load
 
     loaded = load(export)
     tokenizer = loaded.tokenizer
@@ -123,7 +122,7 @@ def reference(export, prompt: str, beam: bool = False, **settings) -> list[list[
 
 def greedy_by_hand(export, prompt: str, limit: int) -> list[int]:
     """Argmax decoding by full recomputation, the slow obvious way (no cache, no processors)."""
-    from xlab.export import load
+    from xlab.interop.export import load
 
     loaded = load(export)
     tokenizer, model = loaded.tokenizer, loaded.model
@@ -140,7 +139,7 @@ def greedy_by_hand(export, prompt: str, limit: int) -> list[int]:
 
 
 def decoded(export, tokens: list[int]) -> str:
-    from xlab.export import load
+    from xlab.interop.export import load
 
     return load(export).tokenizer.decode(tokens)
 
@@ -179,7 +178,7 @@ def test_num_samples_prints_each_sample(infer, tiny_export, capsys):
 
 
 def test_exclude_never_emits_the_token(infer, tiny_export, capsys):
-    from xlab.export import load
+    from xlab.interop.export import load
 
     greedy = greedy_by_hand(tiny_export, "the cat", 10)
     banned = greedy[0]
@@ -205,7 +204,7 @@ def test_repetition_controls_remove_repeats(infer, tiny_export, capsys):
 
 
 def test_min_length_delays_the_end_token(infer, tiny_export, capsys):
-    from xlab.export import load
+    from xlab.interop.export import load
 
     eos = load(tiny_export).tokenizer.eos_id
     # Everything but the end token and one other is forbidden, so the text is that token repeated.
@@ -223,7 +222,7 @@ def test_beams_are_the_library_beam_search(infer, tiny_export, capsys):
                        "--length-penalty", "0.5", "--early-stopping", "true"]) == 0
     out = capsys.readouterr().out
     samples = [part.split("\n", 1)[1].rstrip("\n") for part in out.split("--- sample ")[1:]]
-    from xlab.export import load
+    from xlab.interop.export import load
 
     loaded = load(tiny_export)
     tokenizer = loaded.tokenizer
@@ -243,8 +242,9 @@ def test_block_size_and_slide_keep_reach_the_sampler(infer, tiny_export, capsys)
 
 @pytest.mark.parametrize("stops", [[], ["ka"], ["\u65e5\u672c", "zz"]])
 def test_stream_printer_decodes_only_new_tokens_and_prints_the_same_text(infer, tiny_export, capsys, stops):
-    from xlab.export import load
     from xlab.inference import cut_at_stop
+    from xlab.inference.printer import StreamPrinter
+    from xlab.interop.export import load
 
     tokenizer = load(tiny_export).tokenizer
     text = "Document 3. Kalomi n\u00e9e \u65e5\u672c\u8a9e kaloshi done"  # multi-byte characters: byte pieces
@@ -256,7 +256,7 @@ def test_stream_printer_decodes_only_new_tokens_and_prints_the_same_text(infer, 
         lengths.append(len(tokens))
         return tokenizer.decode(tokens)
 
-    printer = infer.StreamPrinter(decode, stops, "P:")
+    printer = StreamPrinter(decode, stops, "P:")
     for token in ids:
         printer(0, token)
         printer(1, token)  # other sequences are not shown
@@ -323,7 +323,7 @@ def test_manage_inspect_text_and_json(manage, tiny_export, capsys):
 
 
 def test_manage_lists_its_commands_and_reports_bad_input(manage, tmp_path, capsys):
-    assert {"export-checkpoint", "inspect", "import-hf"} <= set(manage.SUBCOMMANDS)
+    assert {"export-checkpoint", "inspect", "import-hf", "export-hf", "build-retrieval", "build-dataset"} <= set(manage.all_commands())
     with pytest.raises(SystemExit) as exit_:
         manage.main(["inspect", str(tmp_path / "missing.ckpt")])
     assert exit_.value.code == 2 and capsys.readouterr().err.startswith("error: checkpoint")

@@ -9,12 +9,11 @@ import os
 import pytest
 import torch
 
-from xlab import inference
-from xlab.datamodules.tokenizer import Tokenizer
-from xlab.errors import XLabError
-from xlab.export import SPM_TOKENIZER, write_export_
-
 from tests.helpers import WORDS, load_script, sharp_model
+from xlab import inference
+from xlab.common.errors import XLabError
+from xlab.common.tokenizer import Tokenizer
+from xlab.interop.export import SPM_TOKENIZER, write_export_
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -70,7 +69,7 @@ def test_converted_tokenizer_gives_the_same_ids(tmp_path, spm):
 
 
 def test_inexpressible_models_and_targets_are_refused(tmp_path, spm):
-    from xlab.export_hf import export_hf_
+    from xlab.interop.export_hf import export_hf_
 
     for settings, named in ((dict(positions="sinusoidal"), "positions='sinusoidal'"),
                             (dict(norm_position="post"), "norm_position='post'"),
@@ -93,8 +92,8 @@ def test_inexpressible_models_and_targets_are_refused(tmp_path, spm):
 
 
 def test_memory_gpt2_exports_only_without_a_memory(tmp_path, spm):
-    from xlab.export_hf import export_hf_
-    from xlab.models import MemoryGPT2
+    from xlab.interop.export_hf import export_hf_
+    from xlab.memory import MemoryGPT2
 
     settings = dict(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=32, max_len=16)
     plain = MemoryGPT2(use_memory=False, **settings).eval()

@@ -10,14 +10,13 @@ import os
 import pytest
 import torch
 
-from xlab import inference
-from xlab.datamodules.pretrained_tokenizer import PretrainedTokenizer
-from xlab.datamodules.tokenizer import tokenizer_from_bytes
-from xlab.errors import XLabError
-from xlab.models import XLabModel
-
 from tests.helpers import xlab_data
 from tests.interop.helpers import END, write_gpt2_folder_
+from xlab import inference
+from xlab.common.errors import XLabError
+from xlab.common.pretrained_tokenizer import PretrainedTokenizer
+from xlab.common.tokenizer import tokenizer_from_bytes
+from xlab.models import XLabModel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -76,7 +75,7 @@ def test_data_module_uses_the_pretrained_tokenizer(gpt2, corpus_dir, tmp_path):
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "llama-gqa", "export"])
 def test_init_from_gives_the_folders_logits(kind, gpt2, tmp_path):
-    from xlab.export import SPM_TOKENIZER, write_export_
+    from xlab.interop.export import SPM_TOKENIZER, write_export_
 
     if kind == "gpt2":
         folder, hf = gpt2, transformers.AutoModelForCausalLM.from_pretrained(gpt2).eval()
@@ -158,7 +157,7 @@ class EvilNote:
 
 
 def test_memory_gpt2_starts_from_the_folder_with_its_tokenizer(gpt2):
-    from xlab.models import MemoryGPT2
+    from xlab.memory import MemoryGPT2
 
     tok = PretrainedTokenizer.from_folder(gpt2, ["<speaker1>"])
     hf = transformers.AutoModelForCausalLM.from_pretrained(gpt2).eval()

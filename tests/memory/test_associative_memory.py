@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 from xlab.memory import AssociativeMemory
 
 DIM = 16

@@ -6,7 +6,7 @@ tensors here; on a GPU it is the same code."""
 import pytest
 import torch
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 from xlab.memory import AssociativeMemory
 from xlab.memory.device_memory import DeviceMemory
 

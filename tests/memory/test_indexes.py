@@ -5,7 +5,7 @@ import faiss
 import numpy as np
 import pytest
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 from xlab.memory import indexes
 
 DIM = 8

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 from xlab.memory import MemoryStore, PendingDeletes, associative
 from xlab.memory.distributed import gather_rows
 

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlab.models import RetroModel, XLabModel
-from xlab.models.blocks import (MLP, CausalSelfAttention, KVCache, Rotary, attention_mask, init_gpt2_weights,
-                                make_norm, position_ids, sinusoidal_table)
+from xlab.models import XLabModel
+from xlab.models.blocks import (MLP, CausalSelfAttention, KVCache, Rotary, attention_mask, init_gpt2_weights, make_norm,
+                                position_ids, sinusoidal_table)
+from xlab.retro import RetroModel
 
 
 def test_kv_cache_writes_after_what_it_holds_and_refuses_overflow():

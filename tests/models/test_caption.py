@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from xlab.captions import CaptionModel
 from xlab.inference import GenerationSettings
-from xlab.models import CaptionModel
 from xlab.models.registry import model_from_checkpoint
 
 VOCAB, EOS = 40, 3
@@ -109,7 +109,7 @@ def checkpoint_round_trip(model, tmp_path):
     ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
     model.on_save_checkpoint(ckpt)
     torch.save(ckpt, tmp_path / "m.ckpt")
-    from xlab.checkpoint import read_checkpoint
+    from xlab.common.checkpoint import read_checkpoint
 
     return model_from_checkpoint(read_checkpoint(tmp_path / "m.ckpt"))
 
@@ -142,7 +142,7 @@ def test_precomputed_feature_encoder(tmp_path, shape, mapping, prefix):
 
 
 def test_prefix_too_long_for_the_context():
-    from xlab.errors import XLabError
+    from xlab.common.errors import XLabError
 
     model = tiny(max_len=8)
     with pytest.raises(XLabError, match="exceed max_len=8"):

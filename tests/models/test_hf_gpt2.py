@@ -8,12 +8,11 @@ import os
 import pytest
 import torch
 
-from xlab import inference
-from xlab.errors import XLabError
-from xlab.datamodules.pretrained_tokenizer import PretrainedTokenizer
-from xlab.hf_gpt2 import xlab_from_gpt2
-
 from tests.helpers import TOKENIZER_SIZE, load_script
+from xlab import inference
+from xlab.common.errors import XLabError
+from xlab.common.pretrained_tokenizer import PretrainedTokenizer
+from xlab.interop.hf_gpt2 import xlab_from_gpt2
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -123,7 +122,7 @@ def write_hf_folder_(folder, vocab_size: int = 300):
 
 
 def test_import_hf_writes_an_export_with_the_gpt2_tokenizer(tmp_path):
-    from xlab.export import load
+    from xlab.interop.export import load
 
     hf = write_hf_folder_(tmp_path / "gpt2")
     load_script("manage").main(["import-hf", str(tmp_path / "gpt2"), "-o", str(tmp_path / "export")])
@@ -140,7 +139,7 @@ def test_import_hf_writes_an_export_with_the_gpt2_tokenizer(tmp_path):
 def test_import_hf_needs_tokenizer_files_or_a_sentencepiece_model(tmp_path):
     hf = transformers.GPT2LMHeadModel(gpt2_config())
     hf.save_pretrained(tmp_path / "bare")
-    from xlab.import_hf import import_hf_
+    from xlab.interop.import_hf import import_hf_
 
     with pytest.raises(XLabError, match="no tokenizer files"):
         import_hf_(tmp_path / "bare", tmp_path / "out")
@@ -150,8 +149,8 @@ def test_import_hf_needs_tokenizer_files_or_a_sentencepiece_model(tmp_path):
 
 def test_import_hf_with_a_sentencepiece_tokenizer(tmp_path, tiny_export):
     from xlab.datamodules import Tokenizer
-    from xlab.export import load
-    from xlab.import_hf import import_hf_
+    from xlab.interop.export import load
+    from xlab.interop.import_hf import import_hf_
 
     spm = tiny_export / "tokenizer.model"
     transformers.GPT2LMHeadModel(gpt2_config()).save_pretrained(tmp_path / "small")

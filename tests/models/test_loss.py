@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xlab.datamodules.datasets import IGNORE_INDEX
+from xlab.common.tokenizer import IGNORE_INDEX
 from xlab.models import XLabModel
 from xlab.models.loss import token_nll_sum
 

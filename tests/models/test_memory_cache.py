@@ -4,8 +4,8 @@ logits the growing transformers cache gives, through steps, a reset, a beam reor
 import torch
 from transformers import DynamicCache
 
-from xlab.models.memory_cache import MemoryCache
-from xlab.models.memory_gpt2 import MemoryGPT2
+from xlab.memory.decode_cache import MemoryCache
+from xlab.memory.model import MemoryGPT2
 
 
 def model() -> MemoryGPT2:

@@ -14,14 +14,13 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
+from tests.helpers import digest, load_script
 from xlab import inference
+from xlab.common.errors import XLabError
 from xlab.datamodules.sources.recall import RecallSource
 from xlab.datamodules.streams import StreamDataModule
-from xlab.errors import XLabError
-from xlab.models.memory_access import TAG_SCORE, MemoryAccess
-from xlab.models.memory_gpt2 import READING_RECORD, MemoryGPT2
-
-from tests.helpers import digest, load_script
+from xlab.memory.access import TAG_SCORE, MemoryAccess
+from xlab.memory.model import READING_RECORD, MemoryGPT2
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 48
@@ -292,7 +291,8 @@ def test_a_checkpoint_with_another_memory_is_a_clear_error(tmp_path):
 
 
 def test_export_carries_the_memory_and_infer_can_keep_writing(tmp_path, capsys):
-    from xlab.export import describe, export_checkpoint_, load
+    from xlab.interop.describe import describe
+    from xlab.interop.export import export_checkpoint_, load
 
     model, data = trained(tmp_path)
     path = tmp_path / "memory.ckpt"

@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from xlab import inference
-from xlab.files import write_text_, written_aside_
-from xlab.models.memory_gpt2 import MemoryGPT2
-
 from tests.helpers import digest
+from xlab import inference
+from xlab.common.files import write_text_, written_aside_
+from xlab.memory.model import MemoryGPT2
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = HERE / "memory_gpt2_reference.json"

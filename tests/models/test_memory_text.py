@@ -6,10 +6,9 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from xlab.models.memory_gpt2 import MemoryGPT2
-
 from tests.helpers import load_script
 from tests.models.test_memory_gpt2 import recall_data, trainer
+from xlab.memory.model import MemoryGPT2
 
 
 def test_the_transformer_learns_exactly_as_without_a_memory(tmp_path):

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import load_script
+from tests.helpers import retro_data as tiny_data
 from xlab import inference
-from xlab.errors import XLabError
-from xlab.export import export_checkpoint_, load
-from xlab.models import RetroModel
-
-from tests.helpers import load_script, retro_data as tiny_data
+from xlab.common.errors import XLabError
+from xlab.interop.export import export_checkpoint_, load
+from xlab.retro import RetroModel
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,8 +157,8 @@ def test_ablation_margin():
 
 
 def test_ablations_from_the_command_line(corpus_dir, tmp_path, capsys):
-    from xlab.cli import main
     from tests.helpers import tiny
+    from xlab.cli import main
 
     args = ["fit", "-c", str(ROOT / "conf" / "retro.yaml"),
             *tiny(tmp_path, [{"kind": "text_folder", "path": str(corpus_dir)}], steps=2),

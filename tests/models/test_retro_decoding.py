@@ -10,7 +10,7 @@ import torch
 from tests.helpers import retro_data as tiny_data
 from tests.models.test_retro import tiny_model
 from xlab import inference
-from xlab.models.retro import CrossAttention
+from xlab.retro.model import CrossAttention
 
 
 def sharp(model):

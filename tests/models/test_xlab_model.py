@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 from xlab.models import XLabModel
 from xlab.models.lm import warmup_cosine
 

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from xlab.errors import XLabError
-from xlab.retrieval.chunking import (chunk_tokens_, chunks_sha256, neighbour_tokens, open_chunks,
-                                     sequence_starts)
+from xlab.common.errors import XLabError
+from xlab.retro.chunking import chunk_tokens_, chunks_sha256, neighbour_tokens, open_chunks, sequence_starts
 
 from .helpers import PAD, corpus_of, make_corpus
 

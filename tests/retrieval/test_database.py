@@ -6,11 +6,10 @@ import pickle
 import numpy as np
 import pytest
 
-from xlab.errors import XLabError
-from xlab.retrieval.database import RetrievalDatabase, build_retrieval_database_
+from xlab.common.errors import XLabError
+from xlab.retro.database import RetrievalDatabase, build_retrieval_database_
 
-from .helpers import corpus_of, make_corpus
-from .helpers import WordTokenizer
+from .helpers import WordTokenizer, corpus_of, make_corpus
 
 CHUNK = 16
 ARTEFACTS = ("chunks.npy", "chunk_doc_ids.npy", "doc_chunk_offsets.npy", "seq_starts.npy", "embedder_state.npz",

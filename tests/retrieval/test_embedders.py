@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from xlab.errors import XLabError
-from xlab.retrieval.embedders import HashedNgramEmbedder, embed_chunks_, make_embedder
+from xlab.common.errors import XLabError
+from xlab.retro.embedders import HashedNgramEmbedder, embed_chunks_, make_embedder
 
 from .helpers import WordTokenizer, random_chunks
+
 
 def test_hashed_embedder_finds_an_exact_duplicate_first():
     chunks = random_chunks(200, seed=1)

@@ -5,9 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from xlab.errors import XLabError
-from xlab.retrieval.index import (build_index_, choose_index_factory, exact_search, load_index, parse_memory,
-                                  report_path)
+from xlab.common.errors import XLabError
+from xlab.retro.index import build_index_, choose_index_factory, exact_search, load_index, parse_memory, report_path
 
 
 def clustered(n, dim=32, clusters=50, seed=0):

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from xlab.retrieval.chunking import chunk_tokens_, open_chunks
-from xlab.retrieval.embedders import HashedNgramEmbedder
-from xlab.retrieval.index import build_index_
-from xlab.retrieval.neighbours import filter_neighbours, precompute_neighbours_
+from xlab.retro.chunking import chunk_tokens_, open_chunks
+from xlab.retro.embedders import HashedNgramEmbedder
+from xlab.retro.index import build_index_
+from xlab.retro.neighbours import filter_neighbours, precompute_neighbours_
 
 from .helpers import corpus_of
 

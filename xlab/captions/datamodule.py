@@ -20,21 +20,22 @@ from typing import Any, Literal
 from PIL import Image, UnidentifiedImageError
 
 from xlab.captions.dataset import CaptionDataset, collate, style_piece
+from xlab.captions.evaluation import CaptionEvaluator
 from xlab.captions.features import FeatureStore
 from xlab.captions.records import CaptionRecord
 from xlab.captions.sources import build_caption_source
-from xlab.datamodules.datamodule import XLabDataModule
+from xlab.common.errors import XLabError
+from xlab.common.files import write_text_
+from xlab.datamodules.base import DataModule
 from xlab.datamodules.splits import SPLITS, split_of
-from xlab.errors import XLabError
-from xlab.files import write_text_
 
 CAPTION_CACHE_FORMAT = 1
 
 
-class CaptionDataModule(XLabDataModule):
+class CaptionDataModule(DataModule):
     """Image captioning data (see the module doc).
 
-    Args (beyond XLabDataModule's, whose `sources` this module does not read):
+    Args (beyond the shared ones of `DataModule`):
         captions: Caption sources, each a dict with a `kind`: synthetic_shapes (images, seed,
             styles, plain), digits (max_images), personality_captions (path, image_dir,
             image_layout, keep_splits), coco (path, annotations, image_dir, keep_splits),
@@ -67,6 +68,7 @@ class CaptionDataModule(XLabDataModule):
         self.caption_sources = [build_caption_source(s) for s in (captions or [{"kind": "synthetic_shapes"}])]
         self._styles: list[str] = []
         self.records: dict[str, list[CaptionRecord]] = {}
+        self._evaluator: CaptionEvaluator | None = None  # kept across epochs: it tells what it skipped once
 
     # --- the cache ----------------------------------------------------------------------------
     def tokenizer_settings(self) -> dict[str, Any]:
@@ -130,6 +132,19 @@ class CaptionDataModule(XLabDataModule):
         for split in SPLITS:
             lines = (self.cache_folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
             self.records[split] = [CaptionRecord.from_json(json.loads(line)) for line in lines]
+
+    # --- what the model is handed, and its evaluation -----------------------------------------------
+    def model_resources(self) -> dict[str, Any]:
+        """The tokenizer (SCST decodes its samples) and the references (SCST's CIDEr-D statistics)."""
+        return {"tokenizer": self.tokenizer, "references": self.references}
+
+    def generation_evaluator(self, model) -> CaptionEvaluator | None:
+        if not model.hparams.get("caption_metrics", False):
+            return None
+        if self._evaluator is None:
+            self._evaluator = CaptionEvaluator(self.tokenizer)
+        self._evaluator.reset()
+        return self._evaluator
 
     def references(self, split: str) -> list[list[str]]:
         """Every record's reference captions (SCST's CIDEr-D statistics use the train split's)."""

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from xlab.captions.features import FeatureStore
 from xlab.captions.images import transform
 from xlab.captions.records import CaptionRecord, open_record_image
-from xlab.datamodules.datasets import IGNORE_INDEX
+from xlab.common.tokenizer import IGNORE_INDEX
 
 
 def style_piece(style: str) -> str:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 
 class FeatureStore:
@@ -20,8 +21,6 @@ class FeatureStore:
         self.path = Path(path).expanduser()
         self._file = None
         if self.path.is_file() and self.path.suffix == ".safetensors":
-            from safetensors import safe_open
-
             self._file = safe_open(str(self.path), framework="pt")
             self._keys = set(self._file.keys())
         elif not self.path.is_dir():

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 # Decompression-bomb protection is for untrusted uploads; a local dataset may hold panoramas.
 Image.MAX_IMAGE_PIXELS = None

@@ -19,6 +19,12 @@ import subprocess
 from functools import lru_cache
 from typing import Literal
 
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
 MetricTokenizer = Literal["ptb", "simple"]
 # The punctuation PTBTokenizer's wrapper drops, as pycocoevalcap lists it.
 _PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
@@ -43,8 +49,6 @@ def java_problem() -> str | None:
 def tokenize(captions: dict[str, list[str]], how: MetricTokenizer = "ptb") -> dict[str, list[str]]:
     """{id: [caption, ...]} -> {id: [tokenised caption, ...]} for the scorers."""
     if how == "ptb" and java_problem() is None:
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
         return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
     return {k: [simple_tokenize(c) for c in v] for k, v in captions.items()}
 
@@ -60,10 +64,6 @@ def caption_scores(references: dict[str, list[str]], hypotheses: dict[str, str],
 
     Returns (scores, skipped): scores by name (bleu1..4, rouge_l, cider and meteor when it ran),
     and {metric: reason} for those that did not run (meteor without Java, spice offline)."""
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
     ids = sorted(hypotheses)
     if not ids:
         return {}, {"all": "no captions to score"}
@@ -84,8 +84,6 @@ def caption_scores(references: dict[str, list[str]], hypotheses: dict[str, str],
     elif java_problem() is not None:
         skipped["meteor"] = java_problem()
     else:
-        from pycocoevalcap.meteor.meteor import Meteor
-
         scorer = Meteor()
         try:
             scores["meteor"] = float(scorer.compute_score(refs, hyps)[0])

@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from xlab.captions.images import open_image
-from xlab.errors import XLabError
+from xlab.captions.synthetic import draw
+from xlab.common.errors import XLabError
 
 
 @dataclass
@@ -50,20 +51,20 @@ def check_captions(captions: Any, where: str) -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def _digits() -> np.ndarray:
+def digits_data():
+    """scikit-learn's digits (1,797 labelled 8 x 8 images, values 0..16)."""
+    # Start-up cost: scikit-learn takes a second and ~180 MB, so only a digits source loads it.
     from sklearn.datasets import load_digits
 
-    return load_digits().images  # (1797, 8, 8), values 0..16
+    return load_digits()
 
 
 def open_record_image(record: CaptionRecord, image_size: int) -> Image.Image:
     """The record's image as RGB; an XLabError naming the record and the path if unreadable."""
     ref = record.image
     if ref.startswith("synthetic:"):
-        from xlab.captions.synthetic import draw
-
         return draw(int(ref.split(":", 1)[1]))
     if ref.startswith("digits:"):
-        pixels = (_digits()[int(ref.split(":", 1)[1])] * (255 / 16)).astype(np.uint8)
+        pixels = (digits_data().images[int(ref.split(":", 1)[1])] * (255 / 16)).astype(np.uint8)
         return Image.fromarray(255 - pixels, mode="L").convert("RGB")  # dark ink on white paper
     return open_image(ref, image_size, what=f"record {record.image_id} ({record.source or 'no source'})")

@@ -15,7 +15,7 @@ import numpy as np
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
 from xlab.captions.metrics import MetricTokenizer, tokenize
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 
 class _TrainingCider(CiderScorer):

@@ -16,7 +16,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from xlab.files import written_aside_
+from xlab.common.files import written_aside_
 
 COMPLETE = "meta.json"  # written last inside the folder: its presence marks a finished build
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-IGNORE_INDEX = -100  # labels with this value are skipped by the loss and the metrics
+from xlab.common.tokenizer import IGNORE_INDEX
 
 
 class BlockDataset(Dataset):

@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from xlab.common.errors import XLabError
+from xlab.common.tokenizer import Tokenizer
 from xlab.datamodules.cache import COMPLETE
 from xlab.datamodules.progress import BuildProgress, Step
 from xlab.datamodules.sections import sectioned
 from xlab.datamodules.sources import Document, Source
 from xlab.datamodules.split_report import report_splits
 from xlab.datamodules.splits import SPLITS, split_of
-from xlab.datamodules.tokenizer import Tokenizer
-from xlab.errors import XLabError
 
 ENCODE_BATCH = 256
 

@@ -15,6 +15,10 @@ import sys
 import time
 from typing import TextIO
 
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -41,9 +45,6 @@ class BuildProgress:
         self.interval = interval
         self._rich = None
         if bars:
-            from rich.console import Console
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn, TransferSpeedColumn)
             self._rich = Progress(TextColumn("[bold]{task.description:<18}"), BarColumn(bar_width=24),
                                   TextColumn("{task.fields[items]:>10,} {task.fields[unit]}"), DownloadColumn(),
                                   TransferSpeedColumn(), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 SPLITS = ("train", "val", "test", "predict")
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from xlab.datamodules.datamodule import XLabDataModule
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
+from xlab.datamodules.text import XLabDataModule
 
 
 class StreamBlocks(Dataset):

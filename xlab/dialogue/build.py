@@ -8,6 +8,7 @@ give the same name. Outside a git checkout the revision part is `rev-nogit`.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import subprocess
@@ -15,12 +16,14 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from tqdm import tqdm
+
+from xlab.common.errors import XLabError
+from xlab.common.files import written_aside_
 from xlab.dialogue.episode import Episode
 from xlab.dialogue.filters import Filter, apply_filters, build_filter
 from xlab.dialogue.modules import PACKAGED, DialogueModule, build_module
 from xlab.dialogue.render import episode_text
-from xlab.errors import XLabError
-from xlab.files import written_aside_
 
 DEFAULT_FILTERS = ("duplicates", "length", "unicode", "near_duplicates")
 
@@ -51,8 +54,6 @@ def output_path(name: str | None, modules: list[str], filters: list[str]) -> Pat
 
 def collect(modules: list[DialogueModule], limit: int | None = None, verbose: bool = False) -> list[Episode]:
     """Every module's episodes in order, with a progress bar of the counts per module."""
-    from tqdm import tqdm
-
     episodes, counts = [], {}
     with tqdm(desc="episodes", unit=" ep", file=sys.stderr, disable=limit is not None and not verbose) as bar:
         for module in modules:
@@ -99,3 +100,13 @@ def build_dataset(module_specs: Iterable[str] | None = None, filter_specs: Itera
     turns = sum(len(e.turns) for e in episodes)
     print(f"wrote {len(episodes):,} episodes ({turns:,} turns) from {len(modules)} module(s) to {path}", file=out)
     return path
+
+
+def build_dataset_command(args: argparse.Namespace) -> int:
+    """manage.py build-dataset."""
+    if args.print_episodes is not None and args.print_episodes < 1:
+        raise XLabError(f"-p {args.print_episodes}: print at least one episode.")
+    modules = [m.strip() for m in args.modules.split(",") if m.strip()] if args.modules else None
+    filters = None if args.filters is None else [f.strip() for f in args.filters.split(",") if f.strip()]
+    build_dataset(modules, filters, args.output_name, args.print_episodes, args.verbose)
+    return 0

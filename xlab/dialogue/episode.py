@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 OnError = Literal["skip", "fail"]
 

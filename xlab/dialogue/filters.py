@@ -20,9 +20,11 @@ import unicodedata
 from collections import defaultdict
 from typing import Any
 
+import yaml
+
+from xlab.common.errors import XLabError
 from xlab.dialogue.episode import Episode
 from xlab.dialogue.text import normalize_answer
-from xlab.errors import XLabError
 
 Example = tuple[int, int]  # (episode index, turn index)
 
@@ -109,8 +111,6 @@ FILTERS = {f.name: f for f in (Duplicates, Length, BrokenUnicode, NearDuplicates
 
 def build_filter(spec: str | dict[str, Any]) -> Filter:
     """A filter from `name`, `name?option=value&...` or {filter: name, option: value}."""
-    import yaml
-
     if isinstance(spec, dict):
         options = dict(spec)
         name = options.pop("filter", None)

@@ -16,17 +16,18 @@ the reply's likelihood without the history leaves what the history contributed, 
 ranking is meant to measure. `hits@1` stays the plain likelihood ranking the metric is usually
 reported with. Ties count against the model in both.
 
-The data module installs this callback when it is set up, so `validate` / `test` from a checkpoint
-report the same numbers as training without any callback in the config.
+The data module's `generation_evaluator` is a `DialogueEvaluator`; the `GenerationMetrics` callback
+(which the CLI always installs) runs it at the end of each validation and test.
 """
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
+from xlab import inference
 from xlab.dialogue.text import unigram_f1
+from xlab.inference import GenerationSettings
 
 
 @torch.no_grad()
@@ -71,9 +72,6 @@ def hits_at_1(model, examples: list[dict], max_len: int, pad_id: int) -> dict[st
 
 def greedy_replies(model, prompts: list[list[int]], tokenizer, stop_ids: list[int], reply_tokens: int,
                    max_len: int, batch: int = 32) -> list[str]:
-    from xlab import inference
-    from xlab.inference import GenerationSettings
-
     settings = GenerationSettings(output_length=reply_tokens, temperature=0.0, eos_class=stop_ids, block_size=max_len)
     device = next(model.parameters()).device
     replies = []
@@ -103,17 +101,15 @@ def dialogue_scores(model, datamodule, split: str) -> dict[str, float]:
     return {**hits, "f1": f1}
 
 
-class DialogueMetrics(L.Callback):
-    """Logs {stage}/hits@1, {stage}/hits@1_pmi and {stage}/f1 at the end of each validation and test."""
+class DialogueEvaluator:
+    """hits@1, hits@1_pmi and F1 of a model on the split's evaluation examples, once per epoch (the
+    batches are not needed: the examples are the data module's)."""
 
-    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        split = "val" if stage == "val" else "test"
-        for name, value in dialogue_scores(pl_module, trainer.datamodule, split).items():
-            pl_module.log(f"{stage}/{name}", value, prog_bar=True, sync_dist=False, rank_zero_only=False)
+    def __init__(self, datamodule):
+        self.datamodule = datamodule
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._log(trainer, pl_module, "val")
+    def update(self, model, batch) -> None:
+        """Nothing to gather per batch."""
 
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log(trainer, pl_module, "test")
+    def compute(self, model, stage: str) -> dict[str, float]:
+        return dialogue_scores(model, self.datamodule, stage)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from xlab.common.errors import XLabError
 from xlab.dialogue.episode import Episode, Turn
-from xlab.errors import XLabError
+
+DEFAULT_TURN_END = "<|turn_end|>"  # the special token that closes every turn, unless a recipe names another
 
 
 def turn_text(turn: Turn) -> str:

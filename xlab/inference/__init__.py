@@ -13,8 +13,8 @@ one such entry per prompt. Every option of `GenerationSettings` is a keyword arg
 
 Any model works that implements `model.new_cache(batch_size, max_len)` and
 `model(input_ids, cache=, positions=, padding_mask=) -> logits` (see `context.py`) and has
-`vocab_size`, `max_len` (and optionally `pad_id`) in its hparams. Folders the model asks for
-through `sampling_resources()` (RetroModel: its retrieval database) are opened first (`resources.py`).
+`vocab_size`, `max_len` (and optionally `pad_id`) in its hparams. A model's `prepare_sampling()`,
+if it has one, runs first (RetroModel opens the retrieval database its checkpoint names).
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 from xlab.inference.beam import beam_rows
-from xlab.inference.resources import attach_sampling_resources
 from xlab.inference.sampling import StreamCallback, sample_rows
 from xlab.inference.settings import GenerationSettings
 from xlab.inference.stopping import cut_at_stop
@@ -88,7 +87,7 @@ def generate(model, prompts: list[Tensor], settings: GenerationSettings, *,
             raise XLabError(f"prompt {i} has token ids outside the vocabulary of {vocab_size}.")
     block_size = settings.block_size or max_len
     pad_id = int(_hparam(model, "pad_id", 0))
-    attach_sampling_resources(model)
+    getattr(model, "prepare_sampling", _nothing)()
     if generator is None and seed is not None:
         generator = torch.Generator(device=prompts[0].device).manual_seed(seed)
     with _decoding(model):
@@ -121,6 +120,10 @@ def _as_prompts(inputs: Prompts, device: torch.device) -> tuple[list[Tensor], bo
     if all(isinstance(i, Integral) for i in items):
         return [torch.tensor(items, dtype=torch.long, device=device)], True
     return [torch.as_tensor(p, dtype=torch.long).to(device) for p in items], False
+
+
+def _nothing() -> None:
+    """What preparing a model without a `prepare_sampling` takes."""
 
 
 def _device(model) -> torch.device:

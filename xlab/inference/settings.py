@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 from xlab.memory import indexes
 from xlab.memory.checks import check_choice, check_float, check_int
 from xlab.memory.device_search import DeviceFlatSearch

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 
 def check_int(name: str, value: int, minimum: int) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 from xlab.memory import indexes
 from xlab.memory.associative import COUNTERS, AssociativeMemory, MemoryReadout, encode_text
 from xlab.memory.device_search import DeviceFlatSearch

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
-from xlab.errors import last_line
+from xlab.common.errors import last_line
 from xlab.memory.indexes import GPU_MAX_K, gpu_available
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from xlab.errors import XLabError, last_line
+from xlab.common.errors import XLabError, last_line
 
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 

@@ -14,13 +14,13 @@ import hashlib
 import torch
 from torch import Tensor, nn
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 from xlab.memory import associative
 from xlab.memory.associative import AssociativeMemory, MemoryReadout
 from xlab.memory.device_memory import DeviceMemory
-from xlab.memory.distributed import gather_equal, gather_objects, gather_rows, largest, world_and_rank as _world
+from xlab.memory.distributed import gather_equal, gather_objects, gather_rows, largest
+from xlab.memory.distributed import world_and_rank as _world
 from xlab.memory.votes import PendingDeletes
-
 
 # The parts of the saved state that belong to one data-parallel rank rather than to the shared
 # entries: its rows' documents and waiting entries, the votes its reads cast, its open documents
@@ -238,6 +238,19 @@ class MemoryStore(nn.Module):
         """Each row's entry waiting for its next token (None if there is none for these rows)."""
         carry, self.carry = self.carry, None
         return carry if carry is not None and len(carry) == rows else None
+
+    def keep_carry(self, entries: Tensor) -> None:
+        """Each row's last entry, whose next token the next pass brings (`take_carry`)."""
+        self.carry = entries
+
+    def counted_votes(self) -> Tensor:
+        """Which waiting votes are real: a device memory pads them to a fixed size."""
+        return self.pending.real
+
+    def store_draws(self, shape: torch.Size) -> Tensor:
+        """Uniform draws for sampled store decisions, from the store's own generator (saved with it,
+        so a resumed run draws the same, and the transformer's dropout draws stay as without a memory)."""
+        return torch.rand(shape, generator=self.draws)
 
     # --- starting over --------------------------------------------------------------------------
     def reset(self) -> None:

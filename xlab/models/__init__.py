@@ -1,9 +1,13 @@
-"""The LightningModules: every model shares the step, metrics and optimizer recipe of `LanguageModel`."""
+"""The core models: `LanguageModel` (the step, metrics and optimizer recipe every model shares) and
+`XLabModel`, the configurable decoder the text, dialogue and caption families build on."""
 
-from xlab.models.caption import CaptionModel
+from xlab.common import legacy
 from xlab.models.lm import LanguageModel
-from xlab.models.memory_gpt2 import MemoryGPT2
-from xlab.models.retro import RetroModel
 from xlab.models.xlab_model import XLabModel
 
-__all__ = ["CaptionModel", "LanguageModel", "MemoryGPT2", "RetroModel", "XLabModel"]
+__all__ = ["LanguageModel", "XLabModel"]
+
+
+def __getattr__(name: str):
+    # Before the family packages, every model class was exported here (`xlab.models.MemoryGPT2`).
+    return legacy.absorbed(__name__, name)

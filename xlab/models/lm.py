@@ -11,6 +11,7 @@ dicts from the data module's datasets.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import lightning as L
 import torch
@@ -18,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from xlab.checkpoint import MODEL_CLASS_RECORD, STATE_SUMMARY_RECORD, check_saved_class, read_checkpoint
-from xlab.datamodules.datasets import IGNORE_INDEX
-from xlab.errors import XLabError
+from xlab.common.checkpoint import MODEL_CLASS_RECORD, STATE_SUMMARY_RECORD, check_saved_class, read_checkpoint
+from xlab.common.errors import XLabError
+from xlab.common.tokenizer import IGNORE_INDEX
 from xlab.models.loss import token_stats
 from xlab.models.metrics import LanguageModelMetrics
 
@@ -80,6 +81,10 @@ class LanguageModel(L.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
+        # Lightning sets the data module up first: what it offers the model is ready.
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        for kind, resource in getattr(datamodule, "model_resources", dict)().items():
+            self.use_resource(kind, resource)
         target = self.compile_target()
         # Compiling the bound forward keeps parameter names (no `_orig_mod.` prefix) in checkpoints.
         if self.hparams.compile and not hasattr(target.forward, "_torchdynamo_orig_callable"):
@@ -197,14 +202,26 @@ class LanguageModel(L.LightningModule):
         """Whether sampling may change the model's state; models that have such state override."""
         raise XLabError(f"{type(self).__name__} has no state that sampling can write")
 
-    def sampling_resources(self) -> dict[str, str]:
-        """Folders the model recorded that sampling should open for it, {kind: path} (RetroModel:
-        its retrieval database); `xlab.inference` opens them and hands them to
-        `attach_sampling_resource`. None by default."""
-        return {}
+    def prepare_sampling(self) -> None:
+        """Open what decoding needs beyond the weights before the first token (RetroModel: the
+        retrieval database recorded in its checkpoint, unless one is set); `xlab.inference`
+        calls it. Nothing by default."""
 
-    def attach_sampling_resource(self, kind: str, resource) -> None:
-        raise XLabError(f"{type(self).__name__} takes no {kind} for sampling.")
+    def use_resource(self, kind: str, resource: Any) -> None:
+        """Take something the data module offers for training and evaluation (`DataModule.
+        model_resources`: RetroModel takes its retrieval database, CaptionModel the tokenizer and
+        the training references SCST scores against). Models ignore what they do not use."""
+
+    # --- what the scripts ask the model -------------------------------------------------------
+    def fsdp_units(self) -> set[type[nn.Module]]:
+        """The module classes FSDP shards one at a time: the model's transformer blocks."""
+        return set()
+
+    def hf_export(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """(a `transformers` config as a dict, naming its model_type; the weights under that model's
+        names) for `manage.py export-hf`, or an XLabError saying why there is none."""
+        raise XLabError(f"a {type(self).__name__} cannot be exported to transformers: it has no transformers "
+                        "equivalent.")
 
     # --- optimisation -----------------------------------------------------------------------
     def parameter_groups(self, weight_decay: float) -> list[dict]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xlab.datamodules.datasets import IGNORE_INDEX
+from xlab.common.tokenizer import IGNORE_INDEX
 
 # Rows per block: 4096 rows of a 50k vocabulary are 800 MB of fp32, a few percent of a GPU's memory.
 CHUNK_ROWS = 4096

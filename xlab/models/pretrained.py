@@ -20,8 +20,11 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from safetensors.torch import load_file
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
+from xlab.common.export_format import CONFIG, EXPORT_FORMAT, WEIGHTS, read_export_config
+from xlab.models.hf_weights import read_hf_config, read_hf_weights, xlab_settings_from_hf, xlab_state_from_hf
 
 ARCHITECTURE = ("n_layer", "n_head", "n_embd", "ffn_dim", "positions", "rope_base", "norm", "norm_position",
                 "activation", "bias", "tie_weights", "norm_eps", "n_kv_head")
@@ -36,8 +39,6 @@ class StartingPoint:
 
 
 def read_starting_point(path: str | Path, cls: type) -> StartingPoint:
-    from xlab.hf_weights import read_hf_config, read_hf_weights, xlab_settings_from_hf, xlab_state_from_hf
-
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise XLabError(f"init_from {folder} is not a folder: give an XLab export or a Hugging Face save_pretrained folder.")
@@ -50,8 +51,6 @@ def read_starting_point(path: str | Path, cls: type) -> StartingPoint:
 
 
 def _is_export(folder: Path) -> bool:
-    from xlab.export_format import CONFIG, EXPORT_FORMAT
-
     try:
         return json.loads((folder / CONFIG).read_text()).get("format") == EXPORT_FORMAT
     except (OSError, ValueError, AttributeError):
@@ -59,10 +58,6 @@ def _is_export(folder: Path) -> bool:
 
 
 def _read_export(folder: Path, cls: type) -> StartingPoint:
-    from safetensors.torch import load_file
-
-    from xlab.export_format import WEIGHTS, read_export_config
-
     config = read_export_config(folder)
     class_path = config["model"]["class_path"]
     if not class_path.endswith(".XLabModel"):

@@ -1,44 +1,40 @@
-"""The model classes a checkpoint or an export may name, and building one from saved settings.
+"""The model class a checkpoint or an export names, and building one from saved settings.
 
-Only the LanguageModel subclasses that the `xlab.models` package exports can be built, so a
-downloaded checkpoint or export cannot make a loader construct anything else.
+A class path is imported only from the xlab package and must name a `LanguageModel` subclass
+(`xlab.common.checkpoint.resolve_class_path`), so a downloaded checkpoint or export cannot make a
+loader construct anything else.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
-import xlab.models as models
-from xlab.checkpoint import saved_class_path, wrong_class_error
-from xlab.errors import XLabError
+from xlab.common.checkpoint import resolve_class_path, saved_class_path, wrong_class_error
+from xlab.common.errors import XLabError
 from xlab.models.lm import LanguageModel
-
-
-def allowed_model_classes() -> dict[str, type]:
-    """Every LanguageModel subclass the `xlab.models` package exports, by class name."""
-    found = {name: getattr(models, name) for name in getattr(models, "__all__", dir(models))}
-    return {name: cls for name, cls in found.items()
-            if inspect.isclass(cls) and issubclass(cls, LanguageModel) and cls is not LanguageModel}
+from xlab.models.xlab_model import XLabModel
 
 
 def model_class(class_path: str | None, expected: type | None = None) -> type:
-    """The allow-listed class named by `class_path`.
+    """The XLab model class named by `class_path`.
 
     Checkpoints of models built directly (not through LightningCLI) carry no class path: then the
     caller's `expected` class is trusted, and XLabModel assumed without one."""
-    allowed = allowed_model_classes()
-    if class_path is None:
-        cls = expected or allowed["XLabModel"]
-    else:
-        module, _, name = class_path.rpartition(".")
-        cls = allowed.get(name)
-        if cls is None or module not in ("xlab.models", cls.__module__):
-            raise XLabError(f"model class {class_path!r} is not an XLab model; known: "
-                            f"{', '.join('xlab.models.' + n for n in sorted(allowed))}.")
+    cls = (expected or XLabModel) if class_path is None else resolve_class_path(class_path, LanguageModel)
     if expected is not None and not issubclass(cls, expected):
         raise wrong_class_error(cls.__name__, expected)
     return cls
+
+
+def class_path_of(cls: type) -> str:
+    """The path a checkpoint or an export records for `cls`: its package's, when the package exports
+    it (xlab.models.XLabModel, xlab.memory.MemoryGPT2), else the module that defines it."""
+    package = cls.__module__.rpartition(".")[0]
+    if cls.__name__ in getattr(sys.modules.get(package), "__all__", ()):
+        return f"{package}.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def init_args(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +73,7 @@ def build_model(cls: type, args: dict[str, Any], state: dict[str, Any], source: 
 
 def model_from_checkpoint(ckpt: dict[str, Any], expected: type | None = None,
                           source: str = "checkpoint") -> LanguageModel:
-    """The model a checkpoint dict (`xlab.checkpoint.read_checkpoint`) holds."""
+    """The model a checkpoint dict (`xlab.common.checkpoint.read_checkpoint`) holds."""
     cls = model_class(saved_class_path(ckpt), expected)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     return build_model(cls, init_args(cls, hparams), ckpt["state_dict"], source, ckpt)

@@ -13,11 +13,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from xlab.errors import XLabError
-from xlab.models.blocks import (INIT_STD, Activation, Block, KVCache, NormKind, Rotary, attention_mask, init_gpt2_weights, make_norm,
-                                position_ids, sinusoidal_table)
+from xlab.common.errors import XLabError
+from xlab.models.blocks import (INIT_STD, Activation, Block, KVCache, NormKind, Rotary, attention_mask,
+                                init_gpt2_weights, make_norm, position_ids, sinusoidal_table)
 from xlab.models.decode_head import DecodeHead
+from xlab.models.hf_weights import hf_config_from_xlab, hf_state_from_xlab
 from xlab.models.lm import LanguageModel
+from xlab.models.pretrained import architecture_of, load_starting_weights, read_starting_point
 
 
 class XLabModel(LanguageModel):
@@ -70,8 +72,6 @@ class XLabModel(LanguageModel):
     ):
         start = None
         if init_from is not None:
-            from xlab.models.pretrained import architecture_of, read_starting_point
-
             start = read_starting_point(init_from, type(self))
             # Rebinding the arguments before the base saves them: hparams hold the folder's values.
             (n_layer, n_head, n_embd, ffn_dim, positions, rope_base, norm, norm_position, activation, bias,
@@ -114,8 +114,6 @@ class XLabModel(LanguageModel):
         self._decode_head = DecodeHead()
         init_gpt2_weights(self, n_layer)
         if start is not None:
-            from xlab.models.pretrained import load_starting_weights
-
             load_starting_weights(self, start)
             # LightningCLI saves the settings as configured, not as rebound above: record the
             # folder's. The weights now live in this model's checkpoints: rebuilding needs no folder.
@@ -123,6 +121,16 @@ class XLabModel(LanguageModel):
                                 rope_base=rope_base, norm=norm, norm_position=norm_position, activation=activation,
                                 bias=bias, tie_weights=tie_weights, norm_eps=norm_eps, n_kv_head=n_kv_head,
                                 init_from=None)
+
+    def fsdp_units(self) -> set[type[nn.Module]]:
+        return {Block}
+
+    def hf_export(self) -> tuple[dict, dict[str, Tensor]]:
+        """GPT-2 when GPT-2-shaped, Llama when rotary / RMSNorm / SwiGLU (`hf_weights.hf_kind` names a
+        setting that neither can express)."""
+        hp = self.hparams
+        config = hf_config_from_xlab(hp, self.transformer.h[0].mlp.c_proj.in_features)
+        return config, hf_state_from_xlab(config["model_type"], self.state_dict(), hp["n_layer"], bool(hp["tie_weights"]))
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache for incremental decoding of `batch_size` sequences."""

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from xlab.captions.records import CaptionRecord
+from xlab.common.errors import XLabError
 from xlab.datamodules.sources.base import build_registered
-from xlab.errors import XLabError
 
 
 class CaptionSource:

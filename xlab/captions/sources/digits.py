@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from xlab.captions.records import CaptionRecord
+from xlab.captions.records import CaptionRecord, digits_data
 from xlab.captions.sources.base import CaptionSource, register
 
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -21,9 +21,7 @@ class Digits(CaptionSource):
         self.max_images = max_images
 
     def records(self) -> Iterator[CaptionRecord]:
-        from sklearn.datasets import load_digits
-
-        labels = load_digits().target
+        labels = digits_data().target
         count = len(labels) if self.max_images is None else min(self.max_images, len(labels))
         for i in range(count):
             name = NAMES[int(labels[i])]

@@ -12,7 +12,7 @@ from typing import Any
 
 from xlab.captions.records import CaptionRecord, check_captions
 from xlab.captions.sources.base import CaptionSource, expand, file_stamp, register
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 
 @register

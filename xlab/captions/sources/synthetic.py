@@ -9,7 +9,7 @@ from typing import Any
 from xlab.captions.records import CaptionRecord
 from xlab.captions.sources.base import CaptionSource, register
 from xlab.captions.synthetic import STYLES, references
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 
 @register

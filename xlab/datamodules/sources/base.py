@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 
 class Document(NamedTuple):

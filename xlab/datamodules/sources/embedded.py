@@ -7,7 +7,9 @@ about `piece_chars` characters: 79 topics alone are too few documents for a 2.5%
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pydoc_data.topics import topics
 from typing import Any
 
 from xlab.datamodules.sources.base import Document, Source, register
@@ -21,15 +23,11 @@ class EmbeddedCorpus(Source):
         self.piece_chars = piece_chars
 
     def __iter__(self) -> Iterator[Document]:
-        from pydoc_data.topics import topics
-
         for name in sorted(topics):
             for i, piece in enumerate(_pieces(topics[name], self.piece_chars)):
                 yield Document(f"pydoc/{name}/{i}", piece)
 
     def fingerprint(self) -> dict[str, Any]:
-        import sys
-
         # The text changes with the Python version that ships it.
         return {"kind": self.kind, "piece_chars": self.piece_chars, "python": sys.version.split()[0]}
 

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from xlab.common.errors import XLabError
 from xlab.datamodules.sources.base import Document, Source, register
-from xlab.errors import XLabError
 
 _WIKITEXT_TITLE = re.compile(r"^ = [^=].* = \n?$")
 
@@ -48,6 +48,7 @@ class HuggingFaceDataset(Source):
         return str(self.path) if self.path else "/".join(filter(None, [self.name, self.config]))
 
     def rows(self) -> Iterable[dict]:
+        # Start-up cost: `datasets` takes a second and ~150 MB, so only a run that reads it loads it.
         import datasets
 
         datasets.logging.set_verbosity_error()

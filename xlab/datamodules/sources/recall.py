@@ -21,8 +21,8 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+from xlab.common.errors import XLabError
 from xlab.datamodules.sources.base import Document, Source, register
-from xlab.errors import XLabError
 
 FORMAT = 1  # bump when the text layout changes, so cached encodings of the old one are not reused
 FACT, QUESTION = "=", "?"

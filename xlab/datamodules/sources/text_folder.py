@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from xlab.common.errors import XLabError
 from xlab.datamodules.sources.base import Document, Source, matching_files, register
-from xlab.errors import XLabError
 
 
 @register

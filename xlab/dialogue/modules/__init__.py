@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from xlab.dialogue.episode import Episode
-from xlab.errors import XLabError
+import yaml
+
+from xlab.common.errors import XLabError
+from xlab.dialogue.episode import Episode, Turn
 
 PACKAGED = ("chitchat:ChitChat", "chatterbot:Chatterbot")
 FROM_FILES = ("sharegpt:ShareGPT", "openai:OpenAIChat", "light:LightDialogue", "personachat:PersonaChat",
@@ -88,8 +90,6 @@ def build_module(spec: str | dict[str, Any]) -> DialogueModule:
     """A module from `module:Class`, `module:Class=PATH[?option=value&...]` or {module: ..., path: ..., options}."""
     if isinstance(spec, str):
         # module:Class=PATH?option=value&option=value (values read as YAML: true, 3, [a, b])
-        import yaml
-
         spec, _, query = spec.partition("?")
         name, _, path = spec.partition("=")
         options: dict[str, Any] = {"path": path} if path else {}
@@ -110,6 +110,4 @@ def build_module(spec: str | dict[str, Any]) -> DialogueModule:
 
 def alternating(texts: list[str], names: tuple[str, str], train: tuple[bool, bool]) -> list:
     """Turns of a two-party conversation in which speakers alternate, the first speaking first."""
-    from xlab.dialogue.episode import Turn
-
     return [Turn(names[i % 2], text, train[i % 2]) for i, text in enumerate(texts)]

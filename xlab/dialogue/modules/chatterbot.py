@@ -10,16 +10,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import yaml
+
+from xlab.common.errors import XLabError
 from xlab.dialogue.episode import Episode
 from xlab.dialogue.modules import DialogueModule, alternating
-from xlab.errors import XLabError
+
+try:  # a requirement; without it, reading the packaged corpus says how to install it
+    from chatterbot_corpus.corpus import DATA_DIRECTORY
+except ImportError:
+    DATA_DIRECTORY = None
 
 
 def packaged_folder() -> Path:
-    try:
-        from chatterbot_corpus.corpus import DATA_DIRECTORY
-    except ImportError:
-        raise XLabError("chatterbot-corpus is not installed: pip install -r requirements.txt.") from None
+    if DATA_DIRECTORY is None:
+        raise XLabError("chatterbot-corpus is not installed: pip install -r requirements.txt.")
     return Path(DATA_DIRECTORY)
 
 
@@ -35,8 +40,6 @@ class Chatterbot(DialogueModule):
         return {"language": self.language}
 
     def read(self) -> Iterator[Episode]:
-        import yaml
-
         root = self.path or packaged_folder()
         folder = root / self.language if (root / self.language).is_dir() else root
         files = sorted(folder.glob("*.yml")) + sorted(folder.glob("*.yaml"))

@@ -13,16 +13,19 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from xlab.common.errors import XLabError
 from xlab.dialogue.episode import Episode, Turn
 from xlab.dialogue.modules import DialogueModule
-from xlab.errors import XLabError
+
+try:  # a requirement; without it, reading the packaged dataset says how to install it
+    import chitchat_dataset
+except ImportError:
+    chitchat_dataset = None
 
 
 def packaged_path() -> Path:
-    try:
-        import chitchat_dataset
-    except ImportError:
-        raise XLabError("chitchat-dataset is not installed: pip install -r requirements.txt.") from None
+    if chitchat_dataset is None:
+        raise XLabError("chitchat-dataset is not installed: pip install -r requirements.txt.")
     return Path(chitchat_dataset.__file__).parent / "dataset.json"
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from xlab.errors import XLabError
+from xlab.common.errors import XLabError
 
 
 def json_records(path: Path, what: str) -> Iterator[tuple[str, Any]]:

@@ -14,9 +14,9 @@ import io
 import pickle
 from collections.abc import Iterator
 
+from xlab.common.errors import XLabError
 from xlab.dialogue.episode import Episode, Turn
 from xlab.dialogue.modules import DialogueModule
-from xlab.errors import XLabError
 
 
 class PlainUnpickler(pickle.Unpickler):
