@@ -6,7 +6,7 @@ Usage:
     ./infer.py [OPTIONS] CHECKPOINT_PATH -            # prompt from stdin (one trailing newline dropped)
     ./infer.py --interactive [OPTIONS] CHECKPOINT_PATH  # a prompt loop; Ctrl-D ends it
     ./infer.py --chat [--persona TEXT] [--context TEXT] CHECKPOINT_PATH  # talk to a dialogue model; Ctrl-D ends it
-    ./infer.py CHECKPOINT_PATH --image PATH [--style STYLE]  # caption an image (CaptionModel)
+    ./infer.py CHECKPOINT_PATH --image PATH [--style STYLE]  # caption an image with a caption model
 
 The model families add their own options and modes (xlab/<family>/cli.py): chat, image, memory.
 

@@ -35,7 +35,7 @@ COMMANDS = (
          option("-o", "--out", metavar="OUT", help="export folder (default: <ckpt stem>-export beside the checkpoint)"),
          option("--force", action="store_true", help="replace OUT if it exists and is not empty"),
          option("--empty-memory", action="store_true",
-                help="MemoryGPT2: export the weights with an empty memory instead of the checkpoint's entries")),
+                help="a model with a memory: export the weights with an empty memory instead of the checkpoint's entries")),
         run="xlab.interop.commands:export_checkpoint",
     ),
     Command(

@@ -14,7 +14,7 @@ Printed: validation loss of
     retro_neighbours  RetroModel, trained and evaluated with real neighbours
     retro_random      the same model evaluated with random database chunks as neighbours
     xlab_decoder      XLabModel with the same decoder (depth, width, heads), no retrieval
-Real neighbours must win clearly; tests/models/test_retro.py runs the small setting.
+Real neighbours must win clearly; tests/retro/test_model.py runs the small setting.
 
 The small setting retrieves one neighbour per chunk. With two, the second is an unrelated chunk at
 the same positions as the useful one, and learning to tell them apart is what a short run may or

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +38,7 @@ from xlab.datamodules.resumable import resumable_loader, run_seed
 from xlab.datamodules.splits import check_fractions
 
 
-class DataModule(L.LightningDataModule):
+class DataModule(L.LightningDataModule, ABC):
     """The cache, the split, the tokenizer and the loaders every data module shares.
 
     Args:
@@ -87,13 +88,13 @@ class DataModule(L.LightningDataModule):
         self._folder: Path | None = None
 
     # --- what a subclass decides ----------------------------------------------------------------
+    @abstractmethod
     def cache_settings(self) -> dict[str, Any]:
         """Every setting that changes what the cache holds: its hash names the cache folder."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build_cache_(self, tmp: Path) -> None:
         """Write the cache's files into `tmp`, which is renamed into place when this returns."""
-        raise NotImplementedError
 
     def model_resources(self) -> dict[str, Any]:
         """What the model is handed beyond batches when a Trainer runs (`LanguageModel.use_resource`)."""

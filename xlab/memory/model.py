@@ -101,9 +101,7 @@ class MemoryGPT2(LanguageModel):
             put back afterwards) or continue (they read and write the training memory).
         forget_documents: Remove a document's entries when its eos goes by (with memory_scope
             document nothing could read them again).
-        learning_rate, weight_decay, betas, warmup_steps, min_lr_ratio, lr_decay_steps: AdamW
-            with warmup and cosine decay (see LanguageModel).
-        compile: torch.compile the transformer (the memory calls stay eager).
+        learning_rate, ..., compile: as LanguageModel's (compile leaves the memory calls eager).
     """
 
     def __init__(
@@ -375,33 +373,34 @@ class MemoryGPT2(LanguageModel):
         if self.memory is not None:
             self.memory.begin_epoch(self.current_epoch, empty_if_new=self.hparams.reset_each_epoch)
 
-    def _set_aside(self) -> None:
-        if self.memory is not None and self.hparams.eval_memory == "fresh":
+    def _fresh_memory(self, evaluating: bool) -> None:
+        """With eval_memory fresh, evaluation starts empty and the training memory is put back after."""
+        if self.memory is None or self.hparams.eval_memory != "fresh":
+            return
+        if evaluating:
             self.memory.set_aside()
-
-    def _put_back(self) -> None:
-        if self.memory is not None and self.hparams.eval_memory == "fresh":
+        else:
             self.memory.put_back()
 
     def on_validation_epoch_start(self) -> None:
-        self._set_aside()
+        self._fresh_memory(True)
 
     def on_validation_epoch_end(self) -> None:
-        self._put_back()  # before on_validation_end, where checkpoints are written
+        self._fresh_memory(False)  # before on_validation_end, where checkpoints are written
         super().on_validation_epoch_end()
 
     def on_test_epoch_start(self) -> None:
-        self._set_aside()
+        self._fresh_memory(True)
 
     def on_test_epoch_end(self) -> None:
-        self._put_back()
+        self._fresh_memory(False)
         super().on_test_epoch_end()
 
     def on_predict_epoch_start(self) -> None:
-        self._set_aside()
+        self._fresh_memory(True)
 
     def on_predict_epoch_end(self) -> None:
-        self._put_back()
+        self._fresh_memory(False)
 
     # --- checkpoints: each data-parallel rank's own reading state ---------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -440,8 +439,6 @@ class MemoryGPT2(LanguageModel):
         return {GPT2Block}
 
     def hf_export(self) -> tuple[dict, dict[str, Tensor]]:
-        """Without a memory, the transformer is a GPT-2; with one, predictions depend on the
-        memory's entries, which a transformers model cannot hold."""
         if self.memory is not None:
             raise XLabError("a MemoryGPT2 with a memory cannot be exported to transformers: its predictions depend "
                             "on the memory's entries, which a transformers model cannot hold (a model trained "

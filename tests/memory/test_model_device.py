@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.models import test_memory_gpt2_exact as exact
+from tests.memory import test_model_exact as exact
 from xlab.memory import MemoryStore, associative
 from xlab.memory.votes import PAD
 

@@ -7,7 +7,7 @@ scenarios cover training with sampled store decisions, delete votes, ended docum
 padding, an ivf memory that trains mid-run, greedy, sampled and beam decoding that writes
 through a sliding window, and a memory state saved by that implementation.
 
-    python -m tests.models.test_memory_gpt2_exact --record   # re-records the reference (only on purpose)
+    python -m tests.memory.test_model_exact --record   # re-records the reference (only on purpose)
 """
 
 from __future__ import annotations

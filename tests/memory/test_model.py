@@ -424,7 +424,7 @@ def test_state_summary_and_clear_state_speak_for_the_memory():
 def test_generation_writes_need_a_memory():
     baseline = tiny(use_memory=False)
     baseline.set_generation_writes(False)
-    # infer.py puts the reason into its --memory-writes message (tests/inference/test_scripts.py).
+    # infer.py puts the reason into its --memory-writes message (tests/test_scripts.py).
     with pytest.raises(XLabError, match=r"^trained with use_memory: false$"):
         baseline.set_generation_writes(True)
 
@@ -508,7 +508,7 @@ class MemoryDigest(L.Callback):
 def test_ddp_ranks_hold_the_same_memory_as_the_checkpoint(tmp_path):
     source = {"kind": "recall", "documents": 400, "facts": 4, "keys": 64, "values": 8, "seed": 0}
     vocab = RecallSource(**{k: v for k, v in source.items() if k != "kind"}).tokenizer_vocab_size()
-    callbacks = [{"class_path": "tests.models.test_memory_gpt2.MemoryDigest", "init_args": {"folder": str(tmp_path)}}]
+    callbacks = [{"class_path": "tests.memory.test_model.MemoryDigest", "init_args": {"folder": str(tmp_path)}}]
     args = [
         "-c", str(ROOT / "conf" / "memory.yaml"),
         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
