@@ -63,7 +63,7 @@ class CaptionModel(XLabModel):
             export); its architecture replaces the decoder settings, which must not contradict it.
         start_checkpoint: A CaptionModel checkpoint with the same settings to take the weights from
             when training starts (a resumed run's own checkpoint then wins).
-        scst, scst_baseline, scst_samples, scst_ce_weight, scst_temperature: see `caption_scst.py`.
+        scst, scst_baseline, scst_samples, scst_ce_weight, scst_temperature: see `scst.py`.
     """
 
     def __init__(

@@ -20,7 +20,7 @@ After the forward pass the final states decide what is written:
   entry that the next pass reads usefully lowers the loss, and `keep_cost` rewards deleting
   entries nothing reads. Votes above 0.5 remove their entries.
 
-`memory_access` gives the entry layout and why, and holds every learned map between the
+`access.py` gives the entry layout and why, and holds every learned map between the
 transformer and the memory. The memory itself, its waiting votes, open documents and reading
 rows belong to `xlab.memory.MemoryStore`, which keeps every DDP rank's copy identical and
 travels in checkpoints as extra state (tensors only) and in exports as safetensors.

@@ -5,7 +5,7 @@ safetensors (a single file or shards with an index). Pickled `.bin` weights are 
 `torch.load(weights_only=True)`, which refuses anything but tensors.
 
 The two architectures are two points of XLabModel's space:
-- GPT-2: learned positions, pre-LayerNorm, tanh GELU, biases, tied head (`hf_gpt2` maps the
+- GPT-2: learned positions, pre-LayerNorm, tanh GELU, biases, tied head (`xlab.interop.hf_gpt2` maps the
   names: only GPT-2's Conv1D projections are transposed).
 - Llama: rotary positions (rotate-half, the same convention as `blocks.Rotary`), pre-RMSNorm,
   SwiGLU, no biases. Its separate q/k/v projections are stacked into `c_attn`, and gate/up into
