@@ -240,31 +240,6 @@ def test_block_size_and_slide_keep_reach_the_sampler(infer, tiny_export, capsys)
     assert tokens != reference(tiny_export, "the cat sat", output_length=30, temperature=0.0)[0]
 
 
-@pytest.mark.parametrize("stops", [[], ["ka"], ["\u65e5\u672c", "zz"]])
-def test_stream_printer_decodes_only_new_tokens_and_prints_the_same_text(infer, tiny_export, capsys, stops):
-    from xlab.inference import cut_at_stop
-    from xlab.inference.printer import StreamPrinter
-    from xlab.interop.export import load
-
-    tokenizer = load(tiny_export).tokenizer
-    text = "Document 3. Kalomi n\u00e9e \u65e5\u672c\u8a9e kaloshi done"  # multi-byte characters: byte pieces
-    ids = tokenizer.encode(text)
-    assert any(tokenizer.id_to_piece(i).startswith("<0x") for i in ids)
-    lengths = []
-
-    def decode(tokens):
-        lengths.append(len(tokens))
-        return tokenizer.decode(tokens)
-
-    printer = StreamPrinter(decode, stops, "P:")
-    for token in ids:
-        printer(0, token)
-        printer(1, token)  # other sequences are not shown
-    printer.finish()
-    assert capsys.readouterr().out == "P:" + cut_at_stop(tokenizer.decode(ids), stops) + "\n"
-    assert max(lengths) <= 5  # the anchor and the bytes of one character, never the whole text
-
-
 def test_infer_reads_stdin_and_cuts_at_stop_strings(infer, tiny_export, capsys, monkeypatch):
     infer.main([str(tiny_export), "the cat", "--limit", "12", "--greedy"])
     full = capsys.readouterr().out.rstrip("\n")

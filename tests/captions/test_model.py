@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from xlab import inference
 from xlab.captions import CaptionModel
 from xlab.inference import GenerationSettings
 from xlab.models.registry import model_from_checkpoint
@@ -52,25 +53,83 @@ def test_cached_decoding_matches_recomputation(positions):
             assert results[row][0].tolist() == greedy_by_recomputation(model, prefix[row:row + 1], prompt, 12)
 
 
+class Recomputed(torch.nn.Module):
+    """One image's CaptionModel with the decoding protocol but no cache: every call runs the prefix
+    and the whole text so far, the slow obvious way (`caption`'s cached view must agree with it)."""
+
+    class Text:
+        def __init__(self, rows: int):
+            self.tokens = torch.zeros(rows, 0, dtype=torch.long)
+
+        @property
+        def length(self) -> int:
+            return self.tokens.shape[1]
+
+        def reset(self) -> None:
+            self.tokens = self.tokens[:, :0]
+
+        def reorder(self, index: torch.Tensor) -> None:
+            self.tokens = self.tokens.index_select(0, index)
+
+    def __init__(self, model: CaptionModel, prefix: torch.Tensor):
+        super().__init__()
+        self.model, self.prefix = model, prefix
+        self.hparams = {**model.hparams, "max_len": model.hparams.max_len - prefix.shape[1]}
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> Recomputed.Text:
+        return Recomputed.Text(batch_size)
+
+    def forward(self, input_ids, cache, positions=None, padding_mask=None):
+        assert padding_mask is None  # one prompt: no row is padded
+        cache.tokens = torch.cat([cache.tokens, input_ids], dim=1)
+        prefix = self.prefix.expand(len(input_ids), -1, -1)
+        return self.model.prefixed_logits(prefix, cache.tokens)[:, -input_ids.shape[1]:]
+
+
+def windowed_greedy(model, prefix, prompt: list[int], steps: int, room: int, keep: int) -> list[int]:
+    """Greedy decoding by full recomputation of the prefix and the text's window, which keeps its
+    last `keep` tokens whenever the text outgrows the `room` the prefix leaves."""
+    text, start, new = list(prompt), 0, []
+    for _ in range(steps):
+        token = int(model.prefixed_logits(prefix, torch.tensor([text[start:]]))[0, -1].argmax())
+        new.append(token)
+        text.append(token)
+        if len(text) - start > room:
+            start = len(text) - keep
+    return new
+
+
 def test_sliding_window_keeps_the_prefix():
     model = tiny(max_len=12)  # prefix 4 leaves 8 text positions: 20 new tokens slide several times
+    with torch.no_grad():  # loud positions: where a token sits in the window decides what comes next
+        model.transformer.wpe.weight.normal_(0, 1, generator=torch.Generator().manual_seed(0))
     prefix = model.encode({"pixels": pixels(1)})
     settings = GenerationSettings(output_length=20, eos_class=[], temperature=0.0, slide_keep=4)
     with torch.no_grad():
-        out = model.caption(prefix, [[2]], settings)[0][0]
-    assert len(out) == 20
+        out = model.caption(prefix, [[2]], settings)[0][0].tolist()
+        assert out == windowed_greedy(model, prefix, [2], 20, room=8, keep=4)
+        assert out != windowed_greedy(model, prefix, [2], 20, room=8, keep=7)  # the slide shows
 
 
-def test_beams_and_seeded_sampling():
+def test_beams_and_seeded_sampling_equal_decoding_without_a_cache():
     model = tiny()
     prefix = model.encode({"pixels": pixels(2)})
-    beams = model.caption(prefix, [[2], [2]], GenerationSettings(output_length=8, eos_class=EOS, num_beams=3,
-                                                                   num_samples=2))
-    assert [len(r) for r in beams] == [2, 2]
+    beam = GenerationSettings(output_length=8, eos_class=EOS, num_beams=3, num_samples=2)
     sampling = GenerationSettings(output_length=8, eos_class=EOS, temperature=1.0, num_samples=3)
-    first = model.caption(prefix, [[2], [2]], sampling, seed=3)
-    again = model.caption(prefix, [[2], [2]], sampling, seed=3)
+    with torch.no_grad():
+        beams = model.caption(prefix, [[2], [2, 7]], beam)
+        first = model.caption(prefix, [[2], [2, 7]], sampling, seed=3)
+        for row, prompt in enumerate(([2], [2, 7])):
+            slow = Recomputed(model, prefix[row:row + 1])
+            wanted = inference.generate(slow, [torch.tensor(prompt)], beam)[0]
+            assert [t.tolist() for t in beams[row]] == [t.tolist() for t in wanted]
+            # A row's draws depend on the rows decoded beside it: one image alone, with its own seed.
+            alone = model.caption(prefix[row:row + 1], [prompt], sampling, seed=5)[0]
+            drawn = inference.generate(slow, [torch.tensor(prompt)], sampling, seed=5)[0]
+            assert [t.tolist() for t in alone] == [t.tolist() for t in drawn]
+    again = model.caption(prefix, [[2], [2, 7]], sampling, seed=3)
     assert [[t.tolist() for t in r] for r in first] == [[t.tolist() for t in r] for r in again]
+    assert len({tuple(t.tolist()) for r in first for t in r}) > 1  # samples, not one greedy caption
 
 
 def test_loss_counts_caption_tokens_only():

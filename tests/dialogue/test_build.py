@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.dialogue.conftest import topic_episodes, write_episodes
+from tests.dialogue.helpers import topic_episodes, write_episodes
 from tests.helpers import load_script
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from tests.dialogue.conftest import topic_episodes, write_episodes
+from tests.dialogue.helpers import topic_episodes, write_episodes
 from xlab.common.errors import XLabError
 from xlab.common.tokenizer import IGNORE_INDEX
 from xlab.datamodules.base import DataModule
 from xlab.dialogue.datamodule import DialogueDataModule
-from xlab.dialogue.episode import Episode, Turn
 
 
 def module(tmp_path, episodes, **settings) -> DialogueDataModule:
@@ -44,6 +42,17 @@ def test_the_checkpointed_tokenizer_comes_back(tmp_path, topic_file):
     again = module(tmp_path, [str(topic_file)])
     again.load_state_dict(state)
     assert again.tokenizer.to_bytes() == dm.tokenizer.to_bytes()
+
+
+def test_the_turn_end_token_is_recorded_for_generation(tmp_path, topic_file):
+    from xlab.common.checkpoint import generation_facts
+
+    dm = module(tmp_path, [str(topic_file)], turn_end="<|eot|>")
+    state = dm.state_dict()
+    assert state["generation_facts"] == {"turn_end": "<|eot|>"} and dm.tokenizer.encode("<|eot|>") == [
+        dm.tokenizer["<|eot|>"]]
+    assert generation_facts({"state_dict": {}, "DialogueDataModule": state}) == {"turn_end": "<|eot|>"}
+    assert generation_facts({"state_dict": {}, "XLabDataModule": {"tokenizer_model": b""}}) == {}  # before it was
 
 
 def test_unmasked_training_learns_every_token_but_evaluation_stays_masked(tmp_path, topic_file):

@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from tests.dialogue.conftest import topic_episodes, write_episodes
-from tests.dialogue.test_training import TURNS, replies_of
+from tests.dialogue.helpers import TURNS, replies_of, topic_episodes, write_episodes
 from tests.helpers import CONF, ROOT
 from tests.interop.helpers import END, write_gpt2_folder_
 from xlab.cli import main

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from tests.dialogue.helpers import TURNS, replies_of
 from tests.helpers import ROOT, load_script
 
 
@@ -43,16 +44,6 @@ def test_turn_masked_training_ranks_the_true_reply_well_above_chance(trained):
     assert "Hits@1/20" in bench.report({"masked": masked, "unmasked": masked})
 
 
-def replies_of(stdout: str) -> list[str]:
-    replies = [line for line in stdout.splitlines() if line.strip()]
-    assert all(r.startswith("Bot: ") and len(r) > len("Bot: ") for r in replies), stdout
-    assert not any("User:" in r or "<|turn_end|>" in r for r in replies)
-    return replies
-
-
-TURNS = "do you like apple or pear ?\nwhat about plum ?\n"
-
-
 def test_chat_answers_each_turn_piped_into_infer(trained):
     tmp, _, _ = trained
     ckpt = sorted((tmp / "runs" / "masked").rglob("last.ckpt"))[-1]
@@ -64,10 +55,13 @@ def test_chat_answers_each_turn_piped_into_infer(trained):
 
 
 def test_chat_from_an_export(trained, monkeypatch, capsys):
-    from xlab.interop.export import export_checkpoint_
+    from xlab.interop.export import export_checkpoint_, load
 
     tmp, _, _ = trained
-    export = export_checkpoint_(sorted((tmp / "runs" / "masked").rglob("last.ckpt"))[-1], tmp / "export")
+    ckpt = sorted((tmp / "runs" / "masked").rglob("last.ckpt"))[-1]
+    export = export_checkpoint_(ckpt, tmp / "export")
+    # The turn-end token the data trained with travels in the checkpoint and in the export.
+    assert load(ckpt).facts == load(export).facts == {"turn_end": "<|turn_end|>"}
     monkeypatch.setattr(sys, "stdin", io.StringIO(TURNS))
     assert load_script("infer").main([str(export), "--chat", "--greedy", "--limit", "12", "--bot-name", "Bot"]) == 0
     assert len(replies_of(capsys.readouterr().out)) == 2

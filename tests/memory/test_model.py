@@ -15,6 +15,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 from tests.helpers import digest, load_script
+from tests.memory.helpers import recall_data, trainer
 from xlab import inference
 from xlab.common.errors import XLabError
 from xlab.datamodules.sources.recall import RecallSource
@@ -133,7 +134,7 @@ def test_a_memory_with_nothing_to_say_costs_nothing_and_the_gate_sets_its_share(
         for gate in (-2.0, 0.0, -30.0):
             model = tiny(gate_init=gate).eval()
             model(ids)
-            mixed = model(ids)  # reads the entries of the first pass
+            model(ids)  # reads the entries of the first pass
             shares.append(model.telemetry["reliance"])
     # The share is 0.99 * sigmoid(gate) of the weight on entries: an exact match takes ~all of
     # it, and 7 of the 8 tokens have one (the last token's context was never stored).
@@ -220,19 +221,6 @@ def test_sampling_reads_the_memory_and_writes_only_when_asked():
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------
-def recall_data(tmp_path: Path, batch_size: int = 4, **settings) -> StreamDataModule:
-    source = {"kind": "recall", "documents": 300, "facts": 4, "keys": 64, "values": 8, "seed": 0, **settings}
-    vocab = RecallSource(**{k: v for k, v in source.items() if k != "kind"}).tokenizer_vocab_size()
-    return StreamDataModule(sources=[source], cache_dir=str(tmp_path / "cache"), vocab_size=vocab, max_len=12,
-                            batch_size=batch_size, split_fractions=(0.8, 0.2, 0.0, 0.0))
-
-
-def trainer(tmp_path: Path, **settings) -> L.Trainer:
-    return L.Trainer(**{**dict(accelerator="cpu", devices=1, max_steps=6, logger=False, enable_checkpointing=False,
-                               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=2,
-                               default_root_dir=str(tmp_path)), **settings})
-
-
 def trained(tmp_path: Path, **settings) -> tuple[MemoryGPT2, StreamDataModule]:
     data = recall_data(tmp_path)
     data.prepare_data()
@@ -346,23 +334,38 @@ def test_validation_starts_empty_and_leaves_the_training_memory_alone(tmp_path):
 def test_training_logs_the_memory_telemetry_every_n_steps(tmp_path):
     data = recall_data(tmp_path)
     data.prepare_data()
-    steps = []
+    steps, shapes = [], []
 
     class Record(L.Callback):  # what the model measured at each training step
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.before = size(pl_module)
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             measured = {name: float(value) for name, value in pl_module.telemetry.items()}
             logged = {name: float(v) for name, v in trainer.callback_metrics.items() if name.startswith("memory/")}
             steps.append((measured, size(pl_module), logged))
+            shapes.append((batch["input_ids"].shape, self.before))
 
     model = MemoryGPT2(vocab_size=data.vocab_size, max_len=12, n_layer=1, n_head=2, n_embd=32, memory_size=500,
                        memory_device="cpu", forget_documents=False)  # kept, so that it only fills up
     trainer(tmp_path, callbacks=[Record()], log_every_n_steps=2).fit(model, datamodule=data)
     names = {"occupancy", "store_rate", "delete_rate", "hit_rate", "mean_age", "reliance", "store_probability"}
     assert len(steps) == 6
+    # The store gate starts at zero weights: every proposal's probability is sigmoid(store_init).
+    assert steps[0][0]["store_probability"] == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), rel=1e-6)
     for step, (telemetry, entries, logged) in enumerate(steps):
         assert set(telemetry) == names
         assert telemetry["occupancy"] == pytest.approx(entries / 500) and entries > 0
-        assert 0 < telemetry["store_probability"] < 1 and 0 < telemetry["store_rate"] <= 1
+        # Every token proposes the entry it completes (the first pass: all but each row's first);
+        # the store rate is the share of them stored, and what was stored is what the memory gained,
+        # less what the delete votes removed (the memory never fills: nothing is evicted).
+        (rows, length), before = shapes[step]
+        proposals = rows * length - (rows if step == 0 else 0)
+        stored = telemetry["store_rate"] * proposals
+        assert stored == pytest.approx(round(stored), abs=1e-4) and entries < 500
+        assert entries - before <= round(stored)
+        if telemetry["delete_rate"] == 0:
+            assert entries - before == round(stored), step
         if step % 2 == 0:  # not a logging step: nothing new reached the logger
             assert logged == (steps[step - 1][2] if step else {})
             continue

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.memory import test_model_exact as exact
+from tests.memory.helpers import exact_batches, exact_decoding, exact_model, exact_training
 from xlab.memory import MemoryStore, associative
 from xlab.memory.votes import PAD
 
@@ -29,8 +29,8 @@ def on_cpu_too(monkeypatch):
 
 
 def train(settings: dict):
-    model = exact.build(memory_device="auto", **settings)
-    return model, exact.train(model, 6), model.memory.on_device
+    model = exact_model(memory_device="auto", **settings)
+    return model, exact_training(model, 6), model.memory.on_device
 
 
 def same_weights_(model, like) -> None:
@@ -55,13 +55,13 @@ def close(a: list[str], b: list[str]) -> bool:
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_the_device_memory_trains_and_decodes_as_the_host_memory(name, on_cpu_too, monkeypatch):
     device_model, device_trained, placed = train(SCENARIOS[name])
-    device_decoded = exact.decode(device_model)
+    device_decoded = exact_decoding(device_model)
     assert placed
     with monkeypatch.context() as patch:
         patch.setattr(MemoryStore, "_place", lambda self, device: None)  # the entries stay on the host
         host_model, host_trained, placed = train(SCENARIOS[name])
         same_weights_(host_model, device_model)
-        host_decoded = exact.decode(host_model)
+        host_decoded = exact_decoding(host_model)
     assert not placed
     assert close(device_trained["losses"], host_trained["losses"])
     for mine, theirs in zip(device_trained["telemetry"], host_trained["telemetry"], strict=True):
@@ -116,14 +116,14 @@ def waits_of_a_pass(model, batches) -> list[str]:
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_a_device_memory_adds_no_wait_to_a_training_pass(name, on_cpu_too):
-    batches = exact.batches(3)
-    model = exact.build(memory_device="auto", **SCENARIOS[name])
+    batches = exact_batches(3)
+    model = exact_model(memory_device="auto", **SCENARIOS[name])
     with_memory = waits_of_a_pass(model, batches)
     assert model.memory.on_device and len(model.memory.entries) > 0
     # GPT-2 alone: transformers checks the default positions for packed sequences, once per
     # pass, unless the transformer is compiled (`compile: true`), which skips the check.
-    without = waits_of_a_pass(exact.build(use_memory=False), batches)
+    without = waits_of_a_pass(exact_model(use_memory=False), batches)
     assert with_memory == without == ["aten._local_scalar_dense.default"]
     # The host memory waits (for the entries it stores, the votes it counts): the check sees them.
-    host = waits_of_a_pass(exact.build(memory_device="cpu", **SCENARIOS[name]), batches)
+    host = waits_of_a_pass(exact_model(memory_device="cpu", **SCENARIOS[name]), batches)
     assert "aten.nonzero.default" in host and len(host) > len(without)

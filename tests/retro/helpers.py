@@ -1,7 +1,10 @@
 """Helpers of the retrieval tests: token corpora in the chunker's layout, a word-level stand-in
-tokenizer, random chunks."""
+tokenizer, random chunks, a tiny RetroModel."""
 
 import numpy as np
+import torch
+
+from xlab.retro import RetroModel
 
 PAD, SOS, EOS = 0, 2, 3
 
@@ -40,3 +43,10 @@ def random_chunks(n, size=32, seed=0, pad_tail=0):
     if pad_tail:
         chunks[:, -pad_tail:] = 0
     return chunks
+
+
+def tiny_model(**overrides) -> RetroModel:
+    torch.manual_seed(0)
+    settings = dict(vocab_size=60, max_len=16, n_layer=3, n_head=2, n_embd=32, chunk_size=4, enc_dim=16,
+                    enc_depth=2, dec_cross_attn_layers=[1, 2])
+    return RetroModel(**(settings | overrides)).eval()

@@ -85,21 +85,3 @@ def test_database_of_another_tokenizer_is_refused(corpus_dir, tmp_path):
     same = make(corpus_dir, tmp_path, database_dir=str(built.database_folder))  # the right corpus is accepted
     assert len(same.database) == len(built.database)
 
-
-def test_manage_build_retrieval_then_train_with_it(corpus_dir, tmp_path, capsys):
-    import yaml
-
-    from tests.helpers import load_script
-
-    manage = load_script("manage")
-    config = tmp_path / "retro.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": {"class_path": "xlab.models.RetroModel", "init_args": {"max_len": 16}},
-        "data": {"class_path": "xlab.retro.datamodule.RetroDataModule",
-                 "init_args": {"sources": [{"kind": "text_folder", "path": str(corpus_dir)}], "vocab_size": 400,
-                               "chunk_size": 4, "cache_dir": str(tmp_path / "cache")}}}))
-    out = tmp_path / "db"
-    assert manage.main(["build-retrieval", "-c", str(config), "-o", str(out)]) == 0
-    assert "training sequences of 16 tokens" in capsys.readouterr().out
-    dm = make(corpus_dir, tmp_path, database_dir=str(out))
-    assert dm.database.out_dir == out and next(iter(dm.train_dataloader()))["retrieved"].shape == (4, 4, 2, 8)

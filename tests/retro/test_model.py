@@ -12,19 +12,13 @@ import torch
 
 from tests.helpers import load_script
 from tests.helpers import retro_data as tiny_data
+from tests.retro.helpers import tiny_model
 from xlab import inference
 from xlab.common.errors import XLabError
 from xlab.interop.export import export_checkpoint_, load
 from xlab.retro import RetroModel
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def tiny_model(**overrides) -> RetroModel:
-    torch.manual_seed(0)
-    settings = dict(vocab_size=60, max_len=16, n_layer=3, n_head=2, n_embd=32, chunk_size=4, enc_dim=16,
-                    enc_depth=2, dec_cross_attn_layers=[1, 2])
-    return RetroModel(**(settings | overrides)).eval()
 
 
 def test_shapes_and_retrieval_off():

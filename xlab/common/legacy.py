@@ -87,5 +87,7 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def install() -> None:
+    # First in line: an old path inside a package that now exists (`xlab.retrieval` is `xlab.retro`)
+    # would otherwise be found as a file by the ordinary finder and run a second time under the old name.
     if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
-        sys.meta_path.append(_MovedModules())
+        sys.meta_path.insert(0, _MovedModules())

@@ -107,7 +107,7 @@ class DataModule(L.LightningDataModule, ABC):
 
     def generation_evaluator(self, model) -> Any | None:
         """What scores `model` by generating at validation and test (None: nothing), with
-        `update(model, batch)` per batch and `compute(model) -> {name: value}` per epoch."""
+        `update(model, batch)` per batch and `compute(model, stage) -> {name: value}` per epoch."""
         return None
 
     # --- the cache ------------------------------------------------------------------------------

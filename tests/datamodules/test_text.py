@@ -1,4 +1,4 @@
-"""xlab/datamodules/datamodule.py: sources combined, the tokenizer as state, and bad settings as one-line errors."""
+"""xlab/datamodules/text.py: XLabDataModule: sources combined, the tokenizer as state, and bad settings as one-line errors."""
 
 import json
 

@@ -7,7 +7,7 @@ import lightning as L
 import torch
 
 from tests.helpers import load_script
-from tests.memory.test_model import recall_data, trainer
+from tests.memory.helpers import recall_data, trainer
 from xlab.memory.model import MemoryGPT2
 
 

@@ -1,16 +1,13 @@
-"""Rendering with speaker names and the turn-end token, the loss mask, windows at turn boundaries,
-filters, and the episode schema's bad input."""
+"""xlab/dialogue/render.py: rendering with speaker names and the turn-end token, the loss mask,
+windows at turn boundaries, prompts, and speaker names that are refused."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 
 from xlab.common.errors import XLabError
 from xlab.common.tokenizer import Tokenizer
-from xlab.dialogue.episode import Episode, Turn, read_episodes
-from xlab.dialogue.filters import apply_filters, build_filter
+from xlab.dialogue.episode import Episode, Turn
 from xlab.dialogue.render import Renderer
 
 END = "<|turn_end|>"
@@ -63,48 +60,6 @@ def test_a_speaker_name_with_a_special_token_is_refused(tokenizer):
     bad = Episode("e2", "test", [Turn(f"Bob{END}", "hi")])
     with pytest.raises(XLabError, match="speaker name .* contains the special token"):
         Renderer(tokenizer, END).render(bad)
-
-
-def test_an_episode_with_no_turns_or_no_trained_turn_is_refused():
-    with pytest.raises(XLabError, match="has no turns"):
-        Episode("e", "t", []).check()
-    with pytest.raises(XLabError, match="no turn marked train"):
-        Episode("e", "t", [Turn("A", "x", False)]).check()
-
-
-def test_malformed_jsonl_lines_fail_with_file_and_line_or_are_skipped_and_counted(tmp_path, capsys):
-    path = tmp_path / "eps.jsonl"
-    good = episode().to_json()
-    path.write_text(good + "\n{not json\n" + json.dumps({"id": "x", "turns": []}) + "\n" + good + "\n")
-    with pytest.raises(XLabError, match=r"eps.jsonl:2: .*on_error: skip"):
-        list(read_episodes(path))
-    report = []
-    assert len(list(read_episodes(path, "skip", report))) == 2
-    assert [line.split(": ")[0].rsplit("/", 1)[1] for line in report] == ["eps.jsonl:2", "eps.jsonl:3"]
-    assert "skipped 2 malformed line(s)" in capsys.readouterr().out
-
-
-def test_filters_clear_examples_not_episodes():
-    def ep(name, *replies):
-        return Episode(name, "t", [t for r in replies for t in (Turn("User", "hi", False), Turn("Bot", r, True))])
-
-    eps = [ep("e0", "hello", "sure thing"), ep("e1", "hello", "sure thing"), ep("e2", "x" * 50),
-           ep("e3", "hello there", "y" * 50)]
-    kept, counts = apply_filters(eps, [build_filter("duplicates"), build_filter("length?max_chars=20")])
-    assert counts["duplicates"] == 2 and counts["length"] == 2 and counts["episodes_dropped"] == 2
-    assert [e.id for e in kept] == ["e0", "e3"]  # e1 repeats e0, e2 has no trained turn left
-    assert kept[1].turns[3].train is False and len(kept[1].turns) == 4  # the turn stays as history
-
-
-def test_broken_unicode_and_near_duplicates_are_seeded():
-    flood = "he\u0301\u0302\u0303\u0304\u0305llo"
-    eps = [Episode(f"e{i}", "t", [Turn("Bot", "The cat!" if i < 6 else f"reply {i}", True)]) for i in range(10)]
-    eps.append(Episode("z", "t", [Turn("Bot", flood, True)]))
-    assert build_filter("unicode").rejects(eps) == {(10, 0)}
-    first = build_filter("near_duplicates?max_repeats=2&seed=1").rejects(eps)
-    assert len(first) == 4 and first == build_filter("near_duplicates?max_repeats=2&seed=1").rejects(eps)
-    with pytest.raises(XLabError, match="there is no filter 'nope': use one of duplicates"):
-        build_filter("nope")
 
 
 def test_a_prompt_keeps_the_prefix_and_the_latest_whole_turns_that_fit(tokenizer):

@@ -1,3 +1,6 @@
+"""xlab/memory/associative.py: AssociativeMemory against brute force (flat, ivf, hnsw), eviction, fading,
+removals, its state round trip, and bad settings."""
+
 import io
 
 import faiss

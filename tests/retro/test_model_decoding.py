@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from tests.helpers import retro_data as tiny_data
-from tests.retro.test_model import tiny_model
+from tests.retro.helpers import tiny_model
 from xlab import inference
 from xlab.retro.model import CrossAttention
 
