@@ -127,3 +127,38 @@ class StepLosses(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss.detach()).hex())
+
+
+class FailAt(L.Callback):
+    """Raises an exception when training step `step` begins: a run that dies half way."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step + 1 == self.step:
+            raise RuntimeError(f"stopped on purpose before step {self.step}")
+
+
+class StepRates(L.Callback):
+    """Records the learning rate each training step runs with (the first parameter group's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+class LossFile(StepLosses):
+    """StepLosses that rank 0 writes to `path` (JSON) when training ends: runs in other processes."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            Path(self.path).write_text(json.dumps(self.losses))

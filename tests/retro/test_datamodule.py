@@ -73,6 +73,23 @@ def test_no_training_sequence_is_a_clear_error(corpus_dir, tmp_path):
         make(corpus_dir, tmp_path, max_len=4096, chunk_size=64)
 
 
+def test_more_neighbours_than_the_database_holds_is_refused_before_any_work(corpus_dir, tmp_path):
+    with pytest.raises(XLabError, match=r"k=9999 neighbours per chunk can never be found in a database of [\d,]+ chunks"):
+        make(corpus_dir, tmp_path, k=9999)
+    assert not list((tmp_path / "cache").rglob("embeddings.npy"))  # stopped before embedding a chunk
+
+
+def test_missing_neighbours_are_reported_once_with_their_count(corpus_dir, tmp_path, capsys):
+    """Chunks whose candidates all come from their own document get padding for neighbours: a
+    database searched with no extra candidates leaves some rows short, and says how many."""
+    data = make(corpus_dir, tmp_path, k=4, num_extra_neighbors=0)
+    found = data.database.manifest["neighbours"]
+    out = capsys.readouterr().out
+    assert found["missing_neighbours"] > 0
+    assert out.count("neighbour slots in") == 1
+    assert f"{found['missing_neighbours']:,} of {found['n'] * 4:,} neighbour slots" in out
+
+
 def test_embedder_not_loadable_offline(corpus_dir, tmp_path):
     with pytest.raises(XLabError, match="no-such-org/no-such-bert"):
         make(corpus_dir, tmp_path, embedder={"kind": "hf", "name_or_path": "no-such-org/no-such-bert"})

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from xlab.common.errors import XLabError
 from xlab.common.pretrained_tokenizer import PretrainedTokenizer
@@ -43,6 +45,17 @@ def read_export_config(folder: str | Path) -> dict[str, Any]:
     if missing:
         raise XLabError(f"export {folder} is missing {', '.join(missing)}: re-export the checkpoint.")
     return config
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on the CPU; a file cut short or damaged is a one-line error."""
+    path = Path(path)
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as e:
+        detail = " ".join(str(e).split())[:160]
+        raise XLabError(f"{path} is not readable safetensors (cut short or corrupt? {detail}): copy or write it "
+                        "again.") from None
 
 
 def read_export_tokenizer(folder: Path, config: dict[str, Any]) -> Tokenizer | PretrainedTokenizer:

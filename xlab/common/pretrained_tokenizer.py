@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import AddedToken
+from tokenizers import AddedToken, processors
 from tokenizers import Tokenizer as Backend
 
 from xlab.common.errors import XLabError
@@ -133,12 +133,24 @@ class PretrainedTokenizer:
     def save_(self, path: str | Path) -> None:
         write_bytes_(path, self.to_bytes())
 
-    def hf_files(self) -> dict[str, bytes]:
+    def transformers_files(self) -> dict[str, bytes]:
+        """`hf_files` for `transformers` users: `tok(text)` gives XLab's ids for a prompt, the start
+        token first, as XLab trains every document and prompts every model (a post-processor in
+        tokenizer.json adds it; XLab's own `encode` never asks for it)."""
+        backend = Backend.from_str(self._json)
+        sos = self.sos_token
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{sos} $A", pair=f"{sos} $A {sos} $B", special_tokens=[(sos, self.sos_id)])
+        files = PretrainedTokenizer(backend.to_str(), self.eos_token, sos, self.pad_token, self.unk_token,
+                                    base_size=self.base_size).hf_files(add_bos_token=True)
+        return files
+
+    def hf_files(self, add_bos_token: bool = False) -> dict[str, bytes]:
         """`tokenizer.json` and `tokenizer_config.json` as `save_pretrained` would write them, so
         `AutoTokenizer.from_pretrained` (a `PreTrainedTokenizerFast`) loads the folder."""
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": self.sos_token,
                   "eos_token": self.eos_token, "pad_token": self.pad_token, "unk_token": self.unk_token,
-                  "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False}
+                  "clean_up_tokenization_spaces": False, "add_bos_token": add_bos_token, "add_eos_token": False}
         return {"tokenizer.json": self._json.encode("utf-8"),
                 "tokenizer_config.json": (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8")}
 

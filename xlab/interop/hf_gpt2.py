@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
@@ -101,8 +102,9 @@ def load_gpt2(path: str | Path) -> Any:
         return GPT2LMHeadModel.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
     except XLabError:
         raise
-    except (OSError, ValueError, RuntimeError) as e:
-        raise XLabError(f"cannot load a GPT-2 model from {path}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        detail = " ".join(str(e).split())[:160]
+        raise XLabError(f"cannot load a GPT-2 model from {path} (a weight file cut short or corrupt?): {detail}") from None
 
 
 def hf_tokenizer_files(path: str | Path) -> dict[str, bytes]:

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from safetensors.torch import load_file
 
 from xlab.common.errors import XLabError
-from xlab.common.export_format import CONFIG, EXPORT_FORMAT, WEIGHTS, read_export_config
+from xlab.common.export_format import CONFIG, EXPORT_FORMAT, WEIGHTS, read_export_config, read_safetensors
 from xlab.models.hf_weights import read_hf_config, read_hf_weights, xlab_settings_from_hf, xlab_state_from_hf
 
 ARCHITECTURE = ("n_layer", "n_head", "n_embd", "ffn_dim", "positions", "rope_base", "norm", "norm_position",
@@ -63,7 +62,7 @@ def _read_export(folder: Path, cls: type) -> StartingPoint:
     if not class_path.endswith(".XLabModel"):
         raise XLabError(f"init_from {folder} holds a {class_path}: only XLabModel exports can start an XLabModel.")
     args = config["model"]["init_args"]
-    state = load_file(folder / WEIGHTS)
+    state = read_safetensors(folder / WEIGHTS)
     for alias, name in config.get("tied", {}).items():
         state[alias] = state[name]
     defaults = _defaults(cls)  # settings an older export did not record

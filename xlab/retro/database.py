@@ -96,6 +96,9 @@ def build_retrieval_database_(
         chunks, chunks_id = _step(out_dir, "chunks", chunk_settings, CHUNK_FILES, chunks_step, bars)
         files = open_chunks(out_dir)
         n = len(files["chunks"])
+        if k >= n:  # a chunk's own document is excluded, so fewer than n chunks can be its neighbours
+            raise XLabError(f"k={k} neighbours per chunk can never be found in a database of {n:,} chunks: lower "
+                            f"data k below {n:,} (RETRO used 2) or add documents.")
 
         def embeddings_step() -> dict:
             if embedder.needs_fit:
