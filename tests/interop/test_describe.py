@@ -3,7 +3,11 @@ the files alone; the last validation is the last one run, not the last that ente
 
 from __future__ import annotations
 
-from tests.helpers import CONF, load_script, tiny
+import shutil
+
+import pytest
+
+from tests.helpers import CONF, cut_short_, load_script, one_line_error, tiny
 from xlab.cli import main
 from xlab.interop.describe import describe
 
@@ -24,3 +28,15 @@ def test_the_last_validation_is_reported_even_when_it_was_not_the_best(tmp_path,
     capsys.readouterr()
     assert load_script("manage").main(["inspect", str(ckpt)]) == 0
     assert f"val/loss best {best:.4f}, last {last_loss:.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "generation.json", "config.json"])
+@pytest.mark.parametrize("fraction", [0.0, 0.5])
+def test_inspect_names_an_export_file_cut_short(tiny_export, tmp_path, capsys, name, fraction):
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    cut_short_(export / name, fraction)
+    error = one_line_error(load_script("manage").main, ["inspect", export], capsys)
+    assert f"{export / name} is not" in error
+    # infer.py reads the same files and names the same one.
+    assert f"{export / name} is not" in one_line_error(load_script("infer").main, [export, "hi"], capsys)

@@ -28,7 +28,8 @@ from xlab.common.checkpoint import (MODEL_CLASS_RECORD, STATE_SUMMARY_RECORD, ge
 from xlab.common.errors import XLabError
 from xlab.common.export_format import (CONFIG, EXPORT_FORMAT, EXPORT_VERSION, GENERATION, HF_TOKENIZER_DIR,
                                        SPM_TOKENIZER, WEIGHTS, flatten_extra_states, read_export_config,
-                                       read_export_tokenizer, read_safetensors, regroup_extra_states, unique_tensors)
+                                       read_export_tokenizer, read_json, read_safetensors, regroup_extra_states,
+                                       unique_tensors)
 from xlab.common.files import written_aside_
 from xlab.common.tokenizer import tokenizer_from_bytes
 from xlab.inference.settings import GenerationSettings
@@ -143,9 +144,12 @@ def load_export(folder: str | Path, expected: type | None = None, device: str | 
 
 
 def _read_generation(path: Path) -> GenerationSettings:
+    values = read_json(path)
+    if not isinstance(values, dict):
+        raise XLabError(f"{path} is not a valid generation settings file (not a JSON object): re-export the checkpoint.")
     try:
-        return GenerationSettings.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
+        return GenerationSettings.from_dict(values)
+    except TypeError as e:
         raise XLabError(f"{path} is not a valid generation settings file ({e}).") from None
 
 
