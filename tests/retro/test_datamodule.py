@@ -120,3 +120,20 @@ def test_manage_build_retrieval_then_train_with_it(corpus_dir, tmp_path, capsys)
     assert "training sequences of 16 tokens" in capsys.readouterr().out
     dm = make(corpus_dir, tmp_path, database_dir=str(out))
     assert dm.database.out_dir == out and next(iter(dm.train_dataloader()))["retrieved"].shape == (4, 4, 2, 8)
+
+
+def test_a_database_cut_short_is_refused_by_fit_with_the_fix(corpus_dir, tmp_path, capsys):
+    import yaml
+
+    from tests.helpers import CONF, cut_short_, load_script, one_line_error, tiny
+    from xlab.cli import main
+
+    config = tmp_path / "retro.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load((CONF / "retro.yaml").read_text()), "seed_everything": 0}))
+    shrink = [*tiny(tmp_path, [{"kind": "text_folder", "path": str(corpus_dir)}], steps=1),
+              "--model.init_args.chunk_size", "4", "--data.init_args.chunk_size", "4"]
+    out = tmp_path / "db"
+    assert load_script("manage").main(["build-retrieval", "-c", str(config), "-o", str(out), *shrink]) == 0
+    cut_short_(out / "neighbours.npy", 0.5)
+    error = one_line_error(main, ["fit", "-c", config, *shrink, "--data.init_args.database_dir", out], capsys)
+    assert f"the retrieval database {out} is damaged (neighbours.npy holds" in error and "delete that folder" in error

@@ -115,3 +115,22 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+# --- what a finished folder held ---------------------------------------------------------------
+def file_sizes(folder: Path) -> dict[str, int]:
+    """{path relative to `folder`: bytes} of every file under it: what a finished build wrote."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def size_mismatch(folder: Path, sizes: dict[str, int]) -> str | None:
+    """How the files under `folder` differ from the `sizes` recorded when they were written (the
+    first one missing or of another size, e.g. cut short by a copy or a full disk), or None."""
+    for name, size in sizes.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} holds {path.stat().st_size:,} bytes, written with {size:,}"
+    return None
+
