@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from bench.device import add_device_option, require_device, to_device  # noqa: E402
 from xlab.datamodules import XLabDataModule  # noqa: E402
 from xlab.models import XLabModel  # noqa: E402
-from xlab.models.lm import warmup_cosine  # noqa: E402
+from xlab.models.schedule import WarmupCosine  # noqa: E402
 
 AXES = {"positions": ("learned", "sinusoidal", "rotary"), "norm": ("layernorm", "rmsnorm"),
         "norm_position": ("pre", "post"), "activation": ("gelu", "swiglu"), "tie_weights": (True, False)}
@@ -65,7 +65,7 @@ def train(data: XLabDataModule, arch: dict, schedule: tuple, steps: int, seed: i
     torch.manual_seed(seed)
     model = XLabModel(vocab_size=data.vocab_size, learning_rate=lr, **SIZE, **arch).to(device)
     optimizer = torch.optim.AdamW(model.parameter_groups(0.1), lr=lr, betas=(0.9, 0.95))
-    factor = warmup_cosine(max(1, round(warmup_share * steps)), steps, floor)
+    factor = WarmupCosine(max(1, round(warmup_share * steps)), steps, floor)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     loader = DataLoader(data.blocks("train"), batch_size=16, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))

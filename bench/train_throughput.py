@@ -89,12 +89,13 @@ def autocast(device: torch.device, precision: str):
 
 def hf_optimizer(model, device: torch.device):
     """XLab's optimizer recipe applied to the transformers model: same groups, same schedule."""
-    from xlab.models.lm import LanguageModel, warmup_cosine
+    from xlab.models.lm import LanguageModel
+    from xlab.models.schedule import WarmupCosine
 
     groups = LanguageModel.parameter_groups(model, HPARAMS["weight_decay"])
     optimizer = torch.optim.AdamW(groups, lr=HPARAMS["learning_rate"], betas=HPARAMS["betas"],
                                   fused=device.type == "cuda")
-    schedule = warmup_cosine(HPARAMS["warmup_steps"], HPARAMS["lr_decay_steps"], HPARAMS["min_lr_ratio"])
+    schedule = WarmupCosine(HPARAMS["warmup_steps"], HPARAMS["lr_decay_steps"], HPARAMS["min_lr_ratio"])
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from bench.device import add_device_option, require_device, to_device  # noqa: E402
 from xlab.datamodules import XLabDataModule  # noqa: E402
 from xlab.models import XLabModel  # noqa: E402
-from xlab.models.lm import warmup_cosine  # noqa: E402
+from xlab.models.schedule import WarmupCosine  # noqa: E402
 
 
 def original_model(vocab: int, args):
@@ -58,7 +58,7 @@ def optimizer_for(model, args):
     groups = model.parameter_groups(0.1) if isinstance(model, XLabModel) else [
         {"params": list(model.parameters()), "weight_decay": 0.1}]
     optimizer = torch.optim.AdamW(groups, lr=args.lr)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(30, args.steps, 1.0))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(30, args.steps, 1.0))
 
 
 @torch.no_grad()

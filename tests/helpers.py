@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,26 @@ def tiny(tmp_path: Path, sources: list[dict] | None, steps: int = 4) -> list[str
         "--data.init_args.cache_dir", str(tmp_path / "cache"), "--data.init_args.batch_size", "4",
         "--data.init_args.num_workers", "0", "--data.init_args.max_documents", "null",
     ]
+
+
+def one_line_error(main, args: list[str], capsys) -> str:
+    """The refusal a script's `main` (xlab.cli.main, infer.py's, manage.py's) gives `args`: exit
+    status 2, no traceback, and exactly one `error: ...` line, the last on stderr (progress lines of
+    a data build may come before it). Returns that line."""
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert exit_.value.code == 2 and "Traceback" not in err, err
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+    return errors[0]
+
+
+def cut_short_(path: Path, fraction: float) -> Path:
+    """Keep the first `fraction` of the file's bytes, as a copy or a write that stopped half way."""
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
+    return path
 
 
 def load_script(name: str):
@@ -127,3 +148,38 @@ class StepLosses(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss.detach()).hex())
+
+
+class FailAt(L.Callback):
+    """Raises an exception when training step `step` begins: a run that dies half way."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step + 1 == self.step:
+            raise RuntimeError(f"stopped on purpose before step {self.step}")
+
+
+class StepRates(L.Callback):
+    """Records the learning rate each training step runs with (the first parameter group's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+class LossFile(StepLosses):
+    """StepLosses that rank 0 writes to `path` (JSON) when training ends: runs in other processes."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            Path(self.path).write_text(json.dumps(self.losses))

@@ -176,3 +176,26 @@ def test_no_run_config_is_saved_without_a_logger(tmp_path, corpus_dir, monkeypat
                 "--checkpoint.dirpath", str(tmp_path / "ckpts")])
     assert cli.trainer.global_step == 2 and (tmp_path / "ckpts" / "last.ckpt").exists()
     assert not list(tmp_path.rglob("config.yaml"))
+
+
+def retro_checkpoint(tmp_path: Path, corpus_dir: Path) -> tuple[Path, list[str], Path]:
+    args = ["-c", str(CONF / "retro.yaml"), *tiny(tmp_path, [{"kind": "text_folder", "path": str(corpus_dir)}], steps=2),
+            "--model.init_args.chunk_size", "4", "--data.init_args.chunk_size", "4", "--model.init_args.n_layer", "2"]
+    fit = main(["fit", *args])
+    return last_checkpoint(tmp_path), args, fit.datamodule.database.out_dir
+
+
+def test_a_checkpoint_alone_takes_its_own_data_settings_from_the_command_line(tmp_path, corpus_dir):
+    """Without -c, data keys of the checkpoint's data class (a RETRO database_dir) are accepted, and
+    model keys given on the command line (force_database) win over the checkpoint's."""
+    ckpt, args, database = retro_checkpoint(tmp_path, corpus_dir)
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
+             "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    again = main(["validate", "--ckpt_path", str(ckpt), "--data.init_args.database_dir", str(database), *quiet])
+    assert again.datamodule.database.out_dir == database and torch.isfinite(again.trainer.callback_metrics["val/loss"])
+
+    other = ["--data.init_args.embedder", "{kind: hashed, dim: 64}"]  # another database than the checkpoint's
+    with pytest.raises(SystemExit):
+        main(["validate", *args, "--ckpt_path", str(ckpt), *other])
+    forced = main(["validate", *args, "--ckpt_path", str(ckpt), *other, "--model.init_args.force_database", "true"])
+    assert forced.model.hparams.force_database and forced.datamodule.database.out_dir != database

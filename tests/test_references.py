@@ -152,12 +152,18 @@ def reference() -> dict:
 
 
 @pytest.mark.parametrize("name", FAMILIES)
+def recorded(found: dict, expected: dict) -> dict:
+    """`found` with the validation metrics the reference recorded (metrics added since are not in it)."""
+    assert set(expected["val"]) <= set(found["val"])
+    return {**found, "val": {name: found["val"][name] for name in expected["val"]}}
+
+
 def test_family_matches_the_reference(name, tmp_path, data_dir, reference):
-    assert facts(name, tmp_path, data_dir, CURRENT) == reference[name]
+    assert recorded(facts(name, tmp_path, data_dir, CURRENT), reference[name]) == reference[name]
 
 
 def test_old_class_paths_give_the_same_results(tmp_path, data_dir, reference):
-    assert facts("retro", tmp_path, data_dir, OLD) == reference["retro"]
+    assert recorded(facts("retro", tmp_path, data_dir, OLD), reference["retro"]) == reference["retro"]
 
 
 def record_() -> None:

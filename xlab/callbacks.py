@@ -18,14 +18,57 @@ from xlab.common.files import written_aside_
 
 
 class XLabCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose `last.ckpt` is always the final step of training.
+    """ModelCheckpoint whose `last.ckpt` is always the final step of training, and resumes exactly.
 
     Lightning writes `last` only when a checkpoint is triggered (and once at train end if none
-    was): steps after the last validation would be lost on resume.
+    was): steps after the last validation would be lost on resume. And a checkpoint written at
+    train end records the epoch as finished even when `max_steps` stopped it half way, so a run
+    resumed from it to train longer would start the next epoch's order instead of the rest of
+    this one. So when `max_steps` ends training, `last` is written right after the final batch,
+    where Lightning's own mid-epoch checkpoints are taken, and again after a validation at that
+    step, so that it holds that validation's metrics.
     """
 
+    # Set while training runs (this class keeps ModelCheckpoint's constructor, which the CLI reads).
+    _loader_after_step: Any = None
+    _failing = False
+    _ended_by_steps: int | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # Where the train loader stood after this step: an exception in the next one resumes here.
+        self._loader_after_step = trainer.fit_loop.state_dict().get("state_dict", {}).get("combined_loader")
+        ends = 0 < trainer.max_steps <= trainer.global_step
+        if ends and self.save_last and self._last_global_step_saved != trainer.global_step:
+            saved = self._last_global_step_saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            # A validation at this step is still to run: it must not take this save for its own.
+            self._last_global_step_saved, self._ended_by_steps = saved, trainer.global_step
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        # The final step's validation: `last` gets its metrics, unless a new best already saved it.
+        final = self._ended_by_steps == trainer.global_step and not trainer.sanity_checking
+        if final and self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._failing = True
+        try:
+            super().on_exception(trainer, pl_module, exception)
+        finally:
+            self._failing = False
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # The loader has already handed out the batch of the step that failed; resuming from its
+        # position would skip that batch, so the checkpoint keeps where it stood after the last step.
+        loops = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        if self._failing and self._loader_after_step is not None and loops:
+            loops["combined_loader"] = self._loader_after_step
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.save_last and self._last_global_step_saved != trainer.global_step:
+        done = {self._last_global_step_saved, self._ended_by_steps}
+        if self.save_last and trainer.global_step not in done:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         super().on_train_end(trainer, pl_module)
 
@@ -43,8 +86,23 @@ class RandomState(L.Callback):
 
     def __init__(self):
         self._pending: dict[str, Any] | None = None
+        self._after_step: dict[str, Any] | None = None  # as the last finished step left it
+        self._failed = False
 
     def state_dict(self) -> dict[str, Any]:
+        # The checkpoint Lightning writes on an exception resumes at the step that failed: its draws
+        # are those that step started from, not what it drew before it failed.
+        if self._failed and self._after_step is not None:
+            return self._after_step
+        return self._capture()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self._after_step = self._capture()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._failed = True  # checkpoint callbacks run after this one and save on the exception
+
+    def _capture(self) -> dict[str, Any]:
         version, mt, gauss = random.getstate()
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         state = {"torch": torch.get_rng_state(),

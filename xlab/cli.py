@@ -37,6 +37,8 @@ from xlab.progress_bar import StepProgressBar
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
+# main() hands LightningCLI the command line itself when it names the checkpoint's classes in it.
+warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended to run from within Python.*")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "defaults.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -152,9 +154,13 @@ class XLabCLI(LightningCLI):
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
         ckpt = self.checkpoint_reads.read(ckpt_path)
+        given = getattr(self, "_given_args", [])
         hparams = dict(ckpt.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         if hparams:
+            # Model settings given on the command line (force_database, compile, ...) win too.
+            current = self.config[subcommand].model.get("init_args") or {}
+            hparams.update({k: current[k] for k in _keys_given(given, "model") if k in current})
             if "_class_path" in hparams:
                 hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
@@ -165,20 +171,38 @@ class XLabCLI(LightningCLI):
             # Settings given on the command line (an eval_batch_size, another cache_dir) still win.
             current = self.config[subcommand].data.init_args
             init_args = {k: v for k, v in data.items() if k not in ("_class_path", "_instantiator", "max_len")}
-            init_args.update({k: current[k] for k in _data_keys_given(getattr(self, "_given_args", []))
-                              if k in current})
+            init_args.update({k: current[k] for k in _keys_given(given, "data") if k in current})
             self.config = self.parser.parse_object(
                 {subcommand: {"data": {"class_path": data["_class_path"], "init_args": init_args}}}, self.config)
 
 
-def _data_keys_given(argv: list[str]) -> set[str]:
-    """Names of the data settings in `argv` (`--data.init_args.NAME` or `--data.NAME`)."""
+def _keys_given(argv: list[str], section: str) -> set[str]:
+    """Names of the `section` (model, data) settings in `argv` (`--data.init_args.NAME` or `--data.NAME`)."""
     names = set()
     for arg in argv:
-        if arg.startswith("--data."):
-            key = arg.split("=", 1)[0].removeprefix("--data.").removeprefix("init_args.")
+        if arg.startswith(f"--{section}."):
+            key = arg.split("=", 1)[0].removeprefix(f"--{section}.").removeprefix("init_args.")
             names.add(key.split(".", 1)[0])
     return names
+
+
+def _with_checkpoint_classes(argv: list[str], reads: CheckpointReads) -> list[str]:
+    """`argv` naming the checkpoint's own model and data classes, when it is evaluated or resumed
+    without -c: then settings of those classes (a RETRO database_dir, a dialogue eval_examples)
+    given on the command line are checked against them, not against conf/defaults.yaml's classes."""
+    ckpt_path = _value_of(argv, "--ckpt_path")
+    if not argv or argv[0] not in SUBCOMMANDS or ckpt_path is None or _uses_config(argv):
+        return argv
+    try:
+        ckpt = reads.read(ckpt_path)
+    except XLabError:
+        return argv  # check_arguments reports it
+    classes = []
+    for section, record in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters")):
+        class_path = (ckpt.get(record) or {}).get("_class_path")
+        if class_path and _value_of(argv, f"--{section}") is None:
+            classes.append(f"--{section}={class_path}")
+    return [argv[0], *classes, *argv[1:]]
 
 
 def main(args: list[str] | None = None) -> XLabCLI | None:
@@ -188,7 +212,8 @@ def main(args: list[str] | None = None) -> XLabCLI | None:
     try:
         check_arguments(argv, reads)
         defaults = _defaults(argv)
-        return XLabCLI(LanguageModel, DataModule, args=args, parser_kwargs={name: defaults for name in SUBCOMMANDS},
+        given = _with_checkpoint_classes(argv, reads)
+        return XLabCLI(LanguageModel, DataModule, args=given if given != argv or args is not None else None, parser_kwargs={name: defaults for name in SUBCOMMANDS},
                        trainer_defaults={"callbacks": [RunSummary(), RandomState(), GenerationMetrics()]},
                        checkpoint_reads=reads, **CLI_SETTINGS)
     except (XLabError, MisconfigurationException) as error:
@@ -209,8 +234,11 @@ CLI_SETTINGS = dict(subclass_mode_model=True, subclass_mode_data=True, auto_conf
 
 def _defaults(argv: list[str]) -> dict[str, Any]:
     """conf/defaults.yaml, unless the arguments name a config of their own."""
-    uses_config = any(a in ("-c", "--config") or a.startswith("--config=") for a in argv)
-    return {} if uses_config else {"default_config_files": [str(DEFAULT_CONFIG)]}
+    return {} if _uses_config(argv) else {"default_config_files": [str(DEFAULT_CONFIG)]}
+
+
+def _uses_config(argv: list[str]) -> bool:
+    return any(a in ("-c", "--config") or a.startswith("--config=") for a in argv)
 
 
 def check_arguments(argv: list[str], reads: CheckpointReads) -> None:

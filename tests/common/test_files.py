@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from xlab.common import files
 from xlab.common.files import write_bytes_, write_text_, written_aside_, written_aside_together_
 
 
@@ -61,3 +68,39 @@ def test_files_written_together_are_renamed_in_the_order_given(tmp_path):
             ta.write_text("report")
             tb.write_text("index")
     assert a.read_text() == "report" and listing(tmp_path) == [b.name, a.name]
+
+
+def killed_writer(target: Path) -> int:
+    """The pid of a process that began writing `target` aside and was killed (SIGKILL) half way."""
+    code = ("import sys, time\nfrom xlab.common.files import written_aside_\n"
+            "with written_aside_(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'half'); print(tmp, flush=True)\n"
+            "    time.sleep(60)\n")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    assert Path(writer.stdout.readline().strip()).exists()
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    return writer.pid
+
+
+def test_the_next_writer_removes_what_a_killed_one_left(tmp_path):
+    target = tmp_path / "episodes.jsonl"
+    killed_writer(target)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith("episodes.jsonl.tmp-")
+    write_text_(target, "whole\n")
+    assert listing(tmp_path) == ["episodes.jsonl"] and target.read_text() == "whole\n"
+
+
+def test_only_this_hosts_dead_writers_are_cleaned(tmp_path):
+    target = tmp_path / "cache"
+    dead = killed_writer(target)
+    other_host = tmp_path / f"cache.tmp-elsewhere-{dead}"  # a process id of another machine says nothing here
+    alive = tmp_path / f"cache.tmp-{files.HOST}-{os.getpid()}-x"  # not a name a writer uses: left alone
+    running = tmp_path / f"cache.tmp-{files.HOST}-1"  # a running process's (pid 1)
+    unrelated = tmp_path / "cache.tmp-notes"
+    for path in (other_host, alive, running, unrelated):
+        path.write_text("")
+    removed = files.remove_stale_(target)
+    assert [p.name for p in removed] == [f"cache.tmp-{files.HOST}-{dead}"]
+    assert listing(tmp_path) == sorted(p.name for p in (other_host, alive, running, unrelated))

@@ -1,6 +1,11 @@
+import json
+import shutil
+
 import pytest
 
-from tests.helpers import WORDS
+from tests.helpers import WORDS, cut_short_, load_script, one_line_error, tiny
+from tests.interop.helpers import write_gpt2_folder_
+from xlab.cli import main
 from xlab.common.errors import XLabError
 from xlab.common.tokenizer import EOS_ID, PAD_ID, SOS_ID, UNK_ID, Tokenizer
 
@@ -69,3 +74,33 @@ def test_vocab_too_large_for_corpus_is_a_clear_error():
 def test_empty_training_text_is_a_clear_error():
     with pytest.raises(XLabError, match="no text"):
         Tokenizer.train(["", "   "], vocab_size=300)
+
+
+# --- tokenizer files cut short, through the scripts ------------------------------------------------
+@pytest.mark.parametrize("fraction", [0.0, 0.5])
+def test_an_export_whose_tokenizer_is_cut_short_is_named(tiny_export, tmp_path, capsys, fraction):
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    cut_short_(export / "tokenizer.model", fraction)
+    for script, args in (("infer", [export, "hello"]), ("manage", ["inspect", export]),
+                         ("manage", ["export-hf", export, "-o", tmp_path / "hf"])):
+        error = one_line_error(load_script(script).main, args, capsys)
+        assert f"{export / 'tokenizer.model'} is not a readable sentencepiece model" in error
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_corpus_file_that_breaks_the_tokenizer_training_is_named_as_itself(tmp_path, corpus_dir, capsys):
+    lines = "".join(json.dumps({"text": p.read_text()}) + "\n" for p in sorted(corpus_dir.glob("*.txt")))
+    broken = tmp_path / "docs.jsonl"
+    broken.write_text(lines[: len(lines) // 2])  # the last line stops inside its string
+    args = ["fit", *tiny(tmp_path, [{"kind": "jsonl", "path": str(broken)}])]
+    error = one_line_error(main, args, capsys)
+    assert error.startswith(f"error: {broken}:") and "is not valid JSON" in error and "sentencepiece" not in error
+
+
+def test_a_pretrained_tokenizer_cut_short_is_named(tmp_path, corpus_dir, capsys):
+    folder = write_gpt2_folder_(tmp_path / "gpt2", corpus_dir)
+    cut_short_(folder / "tokenizer.json", 0.5)
+    args = ["fit", *tiny(tmp_path, [{"kind": "text_folder", "path": str(corpus_dir)}]),
+            "--data.init_args.tokenizer_path", folder]
+    assert f"{folder / 'tokenizer.json'} is not valid JSON" in one_line_error(main, args, capsys)

@@ -1,11 +1,14 @@
 """xlab/datamodules/cache.py: a cache folder is built once, keyed by its settings, and never trusted half-built."""
 
 import json
+import shutil
 
 import pytest
+import torch
 
-from tests.helpers import write_corpus
+from tests.helpers import cut_short_, one_line_error, write_corpus
 from tests.helpers import xlab_data as make
+from xlab.cli import main
 
 
 def test_cache_is_reused_then_rebuilt_when_a_setting_changes(corpus_dir, tmp_path, monkeypatch):
@@ -53,3 +56,18 @@ def test_interrupted_build_leaves_nothing_trusted(corpus_dir, tmp_path, monkeypa
     fresh = make(corpus_dir, tmp_path)
     fresh.setup()
     assert json.loads((fresh.cache_folder / "meta.json").read_text())["splits"]["train"]["documents"] > 150
+
+
+@pytest.mark.parametrize("name", ["val.bin", "meta.json", "tokenizer.model", "val.offsets.npy"])
+def test_a_cache_file_cut_short_is_refused_until_reprocessed(cli_checkpoint, tmp_path, capsys, name):
+    """A finished cache whose file was cut short since (a copy, a sync, a full disk) is never read as
+    it is: validate names the file and the fix, and the fix works."""
+    cache = tmp_path / "cache"
+    shutil.copytree(cli_checkpoint.parents[4] / "cache", cache)
+    cut_short_(next(cache.glob(f"corpus/*/{name}")), 0.5)
+    args = ["validate", "--ckpt_path", cli_checkpoint, "--data.init_args.cache_dir", cache,
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]"]
+    error = one_line_error(main, args, capsys)
+    assert "is damaged" in error and name in error and "--data.init_args.reprocess true" in error
+    cli = main([str(a) for a in args] + ["--data.init_args.reprocess", "true"])
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])

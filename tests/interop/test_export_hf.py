@@ -12,8 +12,9 @@ import torch
 from tests.helpers import WORDS, load_script, sharp_model
 from xlab import inference
 from xlab.common.errors import XLabError
+from xlab.common.export_format import SPM_TOKENIZER
 from xlab.common.tokenizer import Tokenizer
-from xlab.interop.export import SPM_TOKENIZER, write_export_
+from xlab.interop.export import load, write_export_
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -106,3 +107,23 @@ def test_memory_gpt2_exports_only_without_a_memory(tmp_path, spm):
     folder = write_export_(tmp_path / "memory", remembering, {SPM_TOKENIZER: spm.to_bytes()}, "sentencepiece", {})
     with pytest.raises(XLabError, match="a MemoryGPT2 with a memory cannot be exported"):
         export_hf_(folder, tmp_path / "memory-hf")
+
+
+def test_the_default_model_continues_a_prompt_in_transformers_as_in_infer(cli_checkpoint, tmp_path, capsys):
+    """The default recipe's checkpoint, exported: `tok(prompt)` starts with `<s>` as XLab's training
+    and infer.py do, so generate and the text-generation pipeline give infer.py's greedy text."""
+    out = tmp_path / "hf"
+    assert load_script("manage").main(["export-hf", str(cli_checkpoint), "-o", str(out)]) == 0
+    capsys.readouterr()
+    prompt = "Document 3. Kalo"
+    assert load_script("infer").main([str(cli_checkpoint), prompt, "--greedy", "--limit", "10", "--device", "cpu"]) == 0
+    expected = capsys.readouterr().out.rstrip("\n")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    xlab_tokenizer = load(cli_checkpoint).tokenizer
+    assert tokenizer(prompt).input_ids == [xlab_tokenizer.sos_id, *xlab_tokenizer.encode(prompt)]
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    generated = model.generate(ids, do_sample=False, max_new_tokens=10)
+    assert prompt + tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True) == expected
+    pipe = transformers.pipeline("text-generation", model=model, tokenizer=tokenizer)
+    assert pipe(prompt, do_sample=False, max_new_tokens=10)[0]["generated_text"] == expected

@@ -86,6 +86,37 @@ def test_finetune_recipe_end_to_end(tmp_path, corpus_dir, capsys, lightning_reco
     tokens = torch.tensor([[data.sos_id, *ids]])
     with torch.no_grad():
         torch.testing.assert_close(hf(tokens).logits, model.eval()(tokens), atol=1e-5, rtol=1e-5)
+    # transformers users prompt it as infer.py does: GPT-2's separator first, as in training.
+    assert tokenizer("Document").input_ids == [data.sos_id, *data.tokenizer.encode("Document")]
+    assert transformers_greedy(out, "Document", 6) == [sample.rstrip("\n")] * 2
+
+
+def transformers_greedy(folder, prompt: str, limit: int) -> list[str]:
+    """Greedy text as a transformers user gets it: tokenizer + generate, and the pipeline."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    generated = model.generate(ids, do_sample=False, max_new_tokens=limit)
+    by_generate = prompt + tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
+    pipe = transformers.pipeline("text-generation", model=model, tokenizer=tokenizer)
+    by_pipeline = pipe(prompt, do_sample=False, max_new_tokens=limit)[0]["generated_text"]
+    return [by_generate, by_pipeline]
+
+
+def test_a_cut_short_weight_file_is_one_line_for_init_from_and_import_hf(tmp_path, corpus_dir, capsys):
+    gpt2 = write_gpt2_folder_(tmp_path / "gpt2", corpus_dir)
+    weights = gpt2 / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *finetune_args(tmp_path, corpus_dir, gpt2, 1)])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("xlab: ")]
+    assert exit_.value.code == 2 and len(err) == 1 and "model.safetensors is not readable safetensors" in err[0]
+    with pytest.raises(SystemExit) as exit_:
+        load_script("manage").main(["import-hf", str(gpt2), "-o", str(tmp_path / "imported")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "cannot load a GPT-2 model from" in err[0]
+    assert not (tmp_path / "imported").exists()
 
 
 def test_finetuned_checkpoint_resumes_without_the_folder(tmp_path, corpus_dir):

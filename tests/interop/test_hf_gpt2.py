@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from tests.helpers import TOKENIZER_SIZE, load_script
+from tests.helpers import TOKENIZER_SIZE, cut_short_, load_script, one_line_error
 from xlab import inference
 from xlab.common.errors import XLabError
 from xlab.common.pretrained_tokenizer import PretrainedTokenizer
@@ -161,3 +161,13 @@ def test_import_hf_with_a_sentencepiece_tokenizer(tmp_path, tiny_export):
     assert out == tmp_path / "matching-xlab"
     loaded = load(out)
     assert isinstance(loaded.tokenizer, Tokenizer) and loaded.tokenizer.to_bytes() == spm.read_bytes()
+
+
+def test_import_hf_refuses_a_tokenizer_cut_short_and_an_export(tmp_path, tiny_export, capsys):
+    write_hf_folder_(tmp_path / "gpt2")
+    cut_short_(tmp_path / "gpt2" / "tokenizer.json", 0.5)
+    manage = load_script("manage").main
+    error = one_line_error(manage, ["import-hf", tmp_path / "gpt2", "-o", tmp_path / "export"], capsys)
+    assert "tokenizer.json is not valid JSON" in error and not (tmp_path / "export").exists()
+    error = one_line_error(manage, ["import-hf", tiny_export, "-o", tmp_path / "export"], capsys)
+    assert "is an XLab export already" in error

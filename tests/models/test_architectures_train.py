@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from tests.helpers import xlab_data
 from xlab.models import XLabModel
-from xlab.models.lm import warmup_cosine
+from xlab.models.schedule import WarmupCosine
 
 STEPS = 120
 MARGIN = 0.25  # nats; the stall left sinusoidal positions 0.8 nats behind here, the others are within 0.15
@@ -27,7 +27,7 @@ def val_loss_after_training(data, arch: dict, schedule: tuple) -> float:
     model = XLabModel(vocab_size=data.vocab_size, max_len=32, n_layer=2, n_head=2, n_embd=32, norm="layernorm",
                       activation="gelu", bias=True, tie_weights=False, **arch)
     optimizer = torch.optim.AdamW(model.parameter_groups(0.1), lr=lr, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, STEPS, floor))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, STEPS, floor))
     loader = DataLoader(data.blocks("train"), batch_size=8, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(0))
     step = 0

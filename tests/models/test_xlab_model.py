@@ -6,7 +6,7 @@ import torch
 
 from xlab.common.errors import XLabError
 from xlab.models import XLabModel
-from xlab.models.lm import warmup_cosine
+from xlab.models.schedule import WarmupCosine
 
 SWITCHES = list(itertools.product(["learned", "sinusoidal", "rotary"], ["gelu", "swiglu"],
                                   ["layernorm", "rmsnorm"], ["pre", "post"]))
@@ -77,7 +77,7 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
 
 
 def test_warmup_then_cosine():
-    factor = warmup_cosine(10, 110, 0.1)
+    factor = WarmupCosine(10, 110, 0.1)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     assert factor(60) == pytest.approx(0.55) and factor(110) == pytest.approx(0.1) and factor(500) == pytest.approx(0.1)
 

@@ -41,9 +41,11 @@ def test_build_writes_every_artefact_and_a_manifest(tmp_path):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest == db.manifest
     n = manifest["sizes"]["n_chunks"]
-    assert manifest["files"]["chunks.npy"] == {"dtype": "int32", "shape": [n, CHUNK]}
-    assert manifest["files"]["neighbours.npy"] == {"dtype": "int64", "shape": [n, 2]}
-    assert manifest["files"]["embeddings.npy"] == {"dtype": "float32", "shape": [n, 64]}
+    files = manifest["files"]
+    assert {key: files["chunks.npy"][key] for key in ("dtype", "shape")} == {"dtype": "int32", "shape": [n, CHUNK]}
+    assert {key: files["neighbours.npy"][key] for key in ("dtype", "shape")} == {"dtype": "int64", "shape": [n, 2]}
+    assert {key: files["embeddings.npy"][key] for key in ("dtype", "shape")} == {"dtype": "float32", "shape": [n, 64]}
+    assert all(files[name]["bytes"] == (tmp_path / name).stat().st_size for name in ARTEFACTS)
     assert manifest["embedder"]["fingerprint"].startswith("hashed-ngram")
     assert len(manifest["chunks_sha256"]) == 64 and manifest["index"]["factory"] == "Flat"
     assert manifest["settings"]["k"] == 2 and manifest["sizes"]["n_docs"] == 40
@@ -148,3 +150,40 @@ def test_build_with_a_local_hf_encoder(tmp_path, tiny_bert):  # noqa: F811
     assert db.neighbours(np.arange(3)).shape == (3, 2, 2 * CHUNK)
     assert RetrievalDatabase(tmp_path, tokenizer=WordTokenizer()).search(np.asarray(db.chunks[:2])).shape == (
         2, 2, 2 * CHUNK)
+
+
+def cut_short(path, fraction=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
+
+
+@pytest.mark.parametrize("name", ["neighbours.npy", "index.faiss", "manifest.json", "embedder_state.npz"])
+def test_a_file_cut_short_since_the_build_is_refused(tmp_path, name):
+    build(tmp_path)
+    cut_short(tmp_path / name)
+    with pytest.raises(XLabError, match=f"is damaged \\({name}.*delete that folder"):
+        RetrievalDatabase(tmp_path)
+
+
+def test_a_manifest_that_recorded_shapes_only_still_finds_a_file_cut_short(tmp_path):
+    build(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    for record in manifest["files"].values():
+        if "shape" in record:
+            del record["bytes"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    RetrievalDatabase(tmp_path)  # intact: opens
+    cut_short(tmp_path / "chunks.npy")
+    with pytest.raises(XLabError, match="damaged \\(chunks.npy is unreadable"):
+        RetrievalDatabase(tmp_path)
+
+
+def test_a_step_output_cut_short_during_an_interrupted_build_is_built_again(tmp_path):
+    build(tmp_path)
+    first = mtimes(tmp_path)
+    (tmp_path / "manifest.json").unlink()  # the build died after the embeddings step ...
+    cut_short(tmp_path / "embeddings.npy")  # ... whose file a full disk had cut short
+    db = build(tmp_path)
+    after = mtimes(tmp_path)
+    assert after["embeddings.npy"] != first["embeddings.npy"] and after["chunks.npy"] == first["chunks.npy"]
+    assert len(db) == len(np.load(tmp_path / "embeddings.npy", mmap_mode="r"))

@@ -73,6 +73,23 @@ def test_no_training_sequence_is_a_clear_error(corpus_dir, tmp_path):
         make(corpus_dir, tmp_path, max_len=4096, chunk_size=64)
 
 
+def test_more_neighbours_than_the_database_holds_is_refused_before_any_work(corpus_dir, tmp_path):
+    with pytest.raises(XLabError, match=r"k=9999 neighbours per chunk can never be found in a database of [\d,]+ chunks"):
+        make(corpus_dir, tmp_path, k=9999)
+    assert not list((tmp_path / "cache").rglob("embeddings.npy"))  # stopped before embedding a chunk
+
+
+def test_missing_neighbours_are_reported_once_with_their_count(corpus_dir, tmp_path, capsys):
+    """Chunks whose candidates all come from their own document get padding for neighbours: a
+    database searched with no extra candidates leaves some rows short, and says how many."""
+    data = make(corpus_dir, tmp_path, k=4, num_extra_neighbors=0)
+    found = data.database.manifest["neighbours"]
+    out = capsys.readouterr().out
+    assert found["missing_neighbours"] > 0
+    assert out.count("neighbour slots in") == 1
+    assert f"{found['missing_neighbours']:,} of {found['n'] * 4:,} neighbour slots" in out
+
+
 def test_embedder_not_loadable_offline(corpus_dir, tmp_path):
     with pytest.raises(XLabError, match="no-such-org/no-such-bert"):
         make(corpus_dir, tmp_path, embedder={"kind": "hf", "name_or_path": "no-such-org/no-such-bert"})
@@ -85,3 +102,19 @@ def test_database_of_another_tokenizer_is_refused(corpus_dir, tmp_path):
     same = make(corpus_dir, tmp_path, database_dir=str(built.database_folder))  # the right corpus is accepted
     assert len(same.database) == len(built.database)
 
+
+def test_a_database_cut_short_is_refused_by_fit_with_the_fix(corpus_dir, tmp_path, capsys):
+    import yaml
+
+    from tests.helpers import CONF, cut_short_, load_script, one_line_error, tiny
+    from xlab.cli import main
+
+    config = tmp_path / "retro.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load((CONF / "retro.yaml").read_text()), "seed_everything": 0}))
+    shrink = [*tiny(tmp_path, [{"kind": "text_folder", "path": str(corpus_dir)}], steps=1),
+              "--model.init_args.chunk_size", "4", "--data.init_args.chunk_size", "4"]
+    out = tmp_path / "db"
+    assert load_script("manage").main(["build-retrieval", "-c", str(config), "-o", str(out), *shrink]) == 0
+    cut_short_(out / "neighbours.npy", 0.5)
+    error = one_line_error(main, ["fit", "-c", config, *shrink, "--data.init_args.database_dir", out], capsys)
+    assert f"the retrieval database {out} is damaged (neighbours.npy holds" in error and "delete that folder" in error

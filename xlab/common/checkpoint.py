@@ -7,6 +7,7 @@ is a one-line `XLabError`. The rest reads records out of the dict without buildi
     hyper_parameters["_class_path"]  the model class, written by LightningCLI
     xlab_model_class                 the model class, written by every LanguageModel itself
     xlab_state_summary               facts about the model's state beyond its weights
+    xlab_last_validation             the metrics of the last validation before the checkpoint was saved
     <data module class>              its state, with the sentencepiece model (`tokenizer_model`)
     callbacks                        a ModelCheckpoint's monitored score
 
@@ -29,6 +30,7 @@ from xlab.common.legacy import current_module
 
 MODEL_CLASS_RECORD = "xlab_model_class"  # written by LanguageModel.on_save_checkpoint
 STATE_SUMMARY_RECORD = "xlab_state_summary"  # LanguageModel.state_summary() at saving time
+VALIDATION_RECORD = "xlab_last_validation"  # the metrics of the last validation before saving
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -137,6 +139,13 @@ def training_info(ckpt: dict[str, Any]) -> dict[str, Any]:
             info["best_score"] = _number(state.get("best_model_score"))
             info["current_score"] = _number(state.get("current_score"))
             break
+    # ModelCheckpoint updates its current score only when a checkpoint enters its top k: the last
+    # validation's own value is the model's record.
+    last = ckpt.get(VALIDATION_RECORD)
+    if isinstance(last, dict) and info.get("monitor") in last:
+        info["current_score"] = _number(last[info["monitor"]])
+    if isinstance(last, dict) and last:
+        info["last_validation"] = {str(k): _number(v) for k, v in last.items()}
     return info
 
 

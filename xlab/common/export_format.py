@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 from xlab.common.errors import XLabError
 from xlab.common.pretrained_tokenizer import PretrainedTokenizer
@@ -24,16 +26,21 @@ HF_TOKENIZER_DIR = "hf_tokenizer"  # a pretrained Hugging Face tokenizer's own f
 _EXTRA_STATE = "_extra_state"
 
 
+def is_export(folder: str | Path) -> bool:
+    """Whether `folder`'s config.json says it is an XLab export (a transformers folder has one too)."""
+    try:
+        return json.loads((Path(folder) / CONFIG).read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def read_export_config(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / CONFIG
     if not path.is_file():
         raise XLabError(f"{folder} is not an XLab export (no {CONFIG}): export a checkpoint with "
                         "`manage.py export-checkpoint`.")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise XLabError(f"{path} is not valid JSON ({e}).") from None
+    config = read_json(path)
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         raise XLabError(f"{path} is not an XLab export config (format is not {EXPORT_FORMAT!r}).")
     if config.get("version", 0) > EXPORT_VERSION:
@@ -43,6 +50,39 @@ def read_export_config(folder: str | Path) -> dict[str, Any]:
     if missing:
         raise XLabError(f"export {folder} is missing {', '.join(missing)}: re-export the checkpoint.")
     return config
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file of an export; one cut short or damaged is a one-line error naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise XLabError(f"{path} is not valid JSON ({e}).") from None
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on the CPU; a file cut short or damaged is a one-line error."""
+    path = Path(path)
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise _unreadable(path, e) from None
+
+
+def read_safetensors_shapes(path: str | Path) -> dict[str, list[int]]:
+    """{name: shape} of a safetensors file, read from its header without loading the tensors."""
+    path = Path(path)
+    try:
+        with safe_open(path, framework="pt") as weights:
+            return {k: weights.get_slice(k).get_shape() for k in weights.keys()}
+    except (SafetensorError, OSError) as e:
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: Path, error: Exception) -> XLabError:
+    detail = " ".join(str(error).split())[:160]
+    return XLabError(f"{path} is not readable safetensors (cut short or corrupt? {detail}): copy or write it again.")
 
 
 def read_export_tokenizer(folder: Path, config: dict[str, Any]) -> Tokenizer | PretrainedTokenizer:

@@ -4,20 +4,59 @@ Every writer goes to a temporary name beside its target and renames it into plac
 the content is complete: a crash, a full disk or a Ctrl-C leaves the old target (or nothing),
 never a truncated one that a later run would read as finished. The rename is atomic on POSIX
 because both names are on the same file system.
+
+A temporary name carries the writer's host and process id. A process killed outright (SIGKILL,
+a node lost) cannot remove its temporary file, so the next writer of the same target removes the
+ones whose process is gone: on its own host only, since a process id says nothing about another
+machine's processes on a shared file system.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+_OURS = re.compile(r"\.(?:tmp|old)-(?:(?P<host>[A-Za-z0-9_-]+)-)?(?P<pid>\d+)$")
+
 
 def aside(path: Path) -> Path:
-    """The temporary name a writer of `path` uses (one per process, so ranks never collide)."""
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    """The temporary name a writer of `path` uses (one per process and host, so ranks never collide)."""
+    return path.with_name(f"{path.name}.tmp-{HOST}-{os.getpid()}")
+
+
+def remove_stale_(path: Path) -> list[Path]:
+    """Remove the temporary files and folders beside `path` that writers of it left when they were
+    killed: those of this host whose process no longer runs. Returns what was removed."""
+    removed = []
+    for candidate in path.parent.glob(f"{glob_escape(path.name)}.*-*"):
+        found = _OURS.search(candidate.name[len(path.name):])
+        if found is None or candidate.name != path.name + found.group(0):
+            continue
+        host, pid = found.group("host"), int(found.group("pid"))
+        if (host is None or host == HOST) and pid != os.getpid() and not _running(pid):
+            _remove(candidate)
+            removed.append(candidate)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextmanager
@@ -26,6 +65,7 @@ def written_aside_(path: str | Path) -> Iterator[Path]:
     removes it on failure. Works for a file or a folder the caller creates at that path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_(path)
     tmp = aside(path)
     _remove(tmp)
     try:
@@ -49,7 +89,7 @@ def replace_(tmp: Path, path: Path) -> None:
     """Move `tmp` onto `path`. A folder cannot be renamed onto a non-empty folder, so the old one
     steps aside first and goes only after the new one is in place."""
     if tmp.is_dir() and path.exists():
-        old = path.with_name(f"{path.name}.old-{os.getpid()}")
+        old = path.with_name(f"{path.name}.old-{HOST}-{os.getpid()}")
         _remove(old)
         path.rename(old)
         tmp.rename(path)
@@ -75,3 +115,22 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+# --- what a finished folder held ---------------------------------------------------------------
+def file_sizes(folder: Path) -> dict[str, int]:
+    """{path relative to `folder`: bytes} of every file under it: what a finished build wrote."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def size_mismatch(folder: Path, sizes: dict[str, int]) -> str | None:
+    """How the files under `folder` differ from the `sizes` recorded when they were written (the
+    first one missing or of another size, e.g. cut short by a copy or a full disk), or None."""
+    for name, size in sizes.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} holds {path.stat().st_size:,} bytes, written with {size:,}"
+    return None
+

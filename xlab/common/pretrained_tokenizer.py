@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import AddedToken
+from tokenizers import AddedToken, processors
 from tokenizers import Tokenizer as Backend
 
 from xlab.common.errors import XLabError
@@ -72,9 +72,10 @@ class PretrainedTokenizer:
     """A `tokenizers.Tokenizer` plus the special-token conventions of `xlab.common.tokenizer.Tokenizer`."""
 
     def __init__(self, tokenizer_json: str, eos_token: str, sos_token: str | None = None,
-                 pad_token: str | None = None, unk_token: str | None = None, base_size: int | None = None):
+                 pad_token: str | None = None, unk_token: str | None = None, base_size: int | None = None,
+                 source: str = "the tokenizer"):
         self._json = tokenizer_json
-        self._tok = Backend.from_str(tokenizer_json)
+        self._tok = _backend(tokenizer_json, source)
         self.eos_token = eos_token
         self.sos_token = sos_token or eos_token
         self.pad_token = pad_token or eos_token
@@ -95,7 +96,7 @@ class PretrainedTokenizer:
         config = _read_json(folder / "tokenizer_config.json") | _read_json(folder / "special_tokens_map.json")
         specials = {role: _token_text(config.get(role)) for role in ("eos_token", "bos_token", "pad_token", "unk_token")}
         if (folder / "tokenizer.json").is_file():
-            tokenizer_json = (folder / "tokenizer.json").read_text(encoding="utf-8")
+            tokenizer_json = _read_text(folder / "tokenizer.json")
         else:
             tokenizer_json, found = _convert_with_transformers(folder)
             specials = {role: specials[role] or found[role] for role in specials}
@@ -103,7 +104,7 @@ class PretrainedTokenizer:
             raise XLabError(f"the tokenizer in {folder} has no eos_token: documents need an end token; add "
                             '"eos_token": "<its end token>" to its tokenizer_config.json.')
         tokenizer = cls(tokenizer_json, specials["eos_token"], specials["bos_token"], specials["pad_token"],
-                        specials["unk_token"])
+                        specials["unk_token"], source=str(folder / "tokenizer.json"))
         return tokenizer.with_special_tokens(extra_special_tokens)
 
     def with_special_tokens(self, tokens: Iterable[str]) -> PretrainedTokenizer:
@@ -117,12 +118,16 @@ class PretrainedTokenizer:
                                    self.unk_token, base_size=self.base_size)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> PretrainedTokenizer:
+    def from_bytes(cls, data: bytes, source: str = "the checkpoint's tokenizer") -> PretrainedTokenizer:
         if not data.startswith(MAGIC):
             raise XLabError("these bytes are not an XLab Hugging Face tokenizer.")
-        record = json.loads(data[len(MAGIC):].decode("utf-8"))
-        return cls(record["tokenizer_json"], record["eos_token"], record["sos_token"], record["pad_token"],
-                   record["unk_token"], record.get("base_size"))
+        try:
+            record = json.loads(data[len(MAGIC):].decode("utf-8"))
+            fields = [record[key] for key in ("tokenizer_json", "eos_token", "sos_token", "pad_token", "unk_token")]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise XLabError(f"{source} is not a readable XLab Hugging Face tokenizer ({type(e).__name__}): copy or "
+                            "write it again.") from None
+        return cls(*fields, base_size=record.get("base_size"), source=source)
 
     def to_bytes(self) -> bytes:
         record = {"kind": "huggingface", "tokenizer_json": self._json, "eos_token": self.eos_token,
@@ -133,12 +138,24 @@ class PretrainedTokenizer:
     def save_(self, path: str | Path) -> None:
         write_bytes_(path, self.to_bytes())
 
-    def hf_files(self) -> dict[str, bytes]:
+    def transformers_files(self) -> dict[str, bytes]:
+        """`hf_files` for `transformers` users: `tok(text)` gives XLab's ids for a prompt, the start
+        token first, as XLab trains every document and prompts every model (a post-processor in
+        tokenizer.json adds it; XLab's own `encode` never asks for it)."""
+        backend = Backend.from_str(self._json)
+        sos = self.sos_token
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{sos} $A", pair=f"{sos} $A {sos} $B", special_tokens=[(sos, self.sos_id)])
+        files = PretrainedTokenizer(backend.to_str(), self.eos_token, sos, self.pad_token, self.unk_token,
+                                    base_size=self.base_size).hf_files(add_bos_token=True)
+        return files
+
+    def hf_files(self, add_bos_token: bool = False) -> dict[str, bytes]:
         """`tokenizer.json` and `tokenizer_config.json` as `save_pretrained` would write them, so
         `AutoTokenizer.from_pretrained` (a `PreTrainedTokenizerFast`) loads the folder."""
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": self.sos_token,
                   "eos_token": self.eos_token, "pad_token": self.pad_token, "unk_token": self.unk_token,
-                  "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False}
+                  "clean_up_tokenization_spaces": False, "add_bos_token": add_bos_token, "add_eos_token": False}
         return {"tokenizer.json": self._json.encode("utf-8"),
                 "tokenizer_config.json": (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8")}
 
@@ -207,6 +224,27 @@ class PretrainedTokenizer:
             else:
                 sizes[i] = len(piece.replace("\u2581", " ").encode("utf-8"))
         return sizes
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise XLabError(f"{path} is not UTF-8 text (byte {e.start}): rewrite it with save_pretrained.") from None
+
+
+def _backend(tokenizer_json: str, source: str) -> Backend:
+    """The `tokenizers` object of a tokenizer.json text; text cut short is an error naming `source`."""
+    try:
+        json.loads(tokenizer_json)
+    except json.JSONDecodeError as e:
+        raise XLabError(f"{source} is not valid JSON (cut short or corrupt? {e}): rewrite it with save_pretrained "
+                        "or copy it again.") from None
+    try:
+        return Backend.from_str(tokenizer_json)
+    except Exception as e:  # noqa: BLE001 - `tokenizers` raises plain Exception for a file it cannot read
+        raise XLabError(f"{source} is not a Hugging Face tokenizer ({' '.join(str(e).split())[:160]}): rewrite it "
+                        "with save_pretrained.") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

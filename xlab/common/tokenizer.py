@@ -35,9 +35,17 @@ class Tokenizer:
 
     sos_token, eos_token, pad_token, unk_token = SOS, EOS, PAD, UNK
 
-    def __init__(self, model_proto: bytes):
+    def __init__(self, model_proto: bytes, source: str = "the tokenizer"):
         self._proto = bytes(model_proto)
-        self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        # sentencepiece accepts empty bytes and fails only at the first encode; a cut-short model
+        # fails in C++ with a RuntimeError naming its own source line: both are the file's fault.
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        except RuntimeError:
+            self._sp = None
+        if self._sp is None or self._sp.get_piece_size() == 0:
+            raise XLabError(f"{source} is not a readable sentencepiece model (empty, cut short or corrupt): copy or "
+                            "write it again (an export: re-export its checkpoint; a cache: reprocess it).")
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
@@ -54,10 +62,11 @@ class Tokenizer:
         if vocab_size < 16:
             raise XLabError(f"tokenizer vocab_size={vocab_size} is too small: use at least 16 (e.g. 4096).")
         model = io.BytesIO()
+        source = _Lines(lines)
         # sentencepiece counts the 256 byte-fallback pieces in the vocabulary.
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=_nonempty(lines),
+                sentence_iterator=iter(source),
                 model_writer=model,
                 vocab_size=vocab_size,
                 model_type=model_type,
@@ -79,6 +88,8 @@ class Tokenizer:
                 minloglevel=2,
             )
         except RuntimeError as e:
+            if source.error is not None:  # the corpus's own one-line error, not sentencepiece's wrapping of it
+                raise source.error from None
             raise XLabError(_explain_training_failure(str(e), vocab_size)) from None
         return cls(model.getvalue())
 
@@ -87,7 +98,7 @@ class Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise XLabError(f"tokenizer model {path} does not exist: pass the tokenizer.model of a build or an export.")
-        return cls(path.read_bytes())
+        return cls(path.read_bytes(), source=str(path))
 
     def save_(self, path: str | Path) -> None:
         write_bytes_(path, self._proto)
@@ -158,6 +169,21 @@ def _nonempty(lines: Iterable[str]) -> Iterator[str]:
             yield line
 
 
+class _Lines:
+    """The training lines, keeping the XLabError their reading raised (a corpus file that is not
+    JSON or UTF-8): sentencepiece turns it into "INTERNAL: XLabError: ..." inside its own error."""
+
+    def __init__(self, lines: Iterable[str]):
+        self.lines, self.error = lines, None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            yield from _nonempty(self.lines)
+        except XLabError as error:
+            self.error = error
+            raise
+
+
 def _explain_training_failure(message: str, vocab_size: int) -> str:
     first = message.strip().splitlines()[0] if message.strip() else "unknown error"
     if "smaller than required_chars" in message:
@@ -171,13 +197,13 @@ def _explain_training_failure(message: str, vocab_size: int) -> str:
     return f"sentencepiece could not train the tokenizer: {first}"
 
 
-def tokenizer_from_bytes(data: bytes):
+def tokenizer_from_bytes(data: bytes, source: str = "the checkpoint's tokenizer"):
     """The tokenizer a checkpoint carries: a pretrained Hugging Face one (its bytes start with
     `pretrained_tokenizer.MAGIC`) or a sentencepiece model (a protobuf, which never starts so)."""
     data = bytes(data)
     if data.startswith(MAGIC):
-        return PretrainedTokenizer.from_bytes(data)
-    return Tokenizer(data)
+        return PretrainedTokenizer.from_bytes(data, source)
+    return Tokenizer(data, source)
 
 
 def load_tokenizer(path: str | Path):
@@ -185,4 +211,4 @@ def load_tokenizer(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise XLabError(f"tokenizer model {path} does not exist: pass the tokenizer.model of a build or an export.")
-    return tokenizer_from_bytes(path.read_bytes())
+    return tokenizer_from_bytes(path.read_bytes(), str(path))

@@ -16,9 +16,12 @@ from typing import Any
 
 from filelock import FileLock
 
-from xlab.common.files import written_aside_
+from xlab.common.errors import XLabError
+from xlab.common.files import file_sizes, size_mismatch, written_aside_
 
-COMPLETE = "meta.json"  # written last inside the folder: its presence marks a finished build
+COMPLETE = "meta.json"  # written by the builder: its presence marks a finished build
+SIZES = "sizes.json"  # every file's size at the end of the build, checked whenever the folder is reused
+DAMAGED_FIX = "rebuild it with --data.init_args.reprocess true (or REPROCESS=1)"
 
 
 def settings_key(settings: dict[str, Any]) -> str:
@@ -35,10 +38,27 @@ def build_once_(folder: Path, build: Callable[[Path], None], rebuild: bool = Fal
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if (folder / COMPLETE).exists() and not rebuild:
+            check_intact(folder)
             return folder
         with written_aside_(folder) as tmp:
             tmp.mkdir()
             build(tmp)
             if not (tmp / COMPLETE).exists():
                 raise RuntimeError(f"cache build for {folder} finished without writing {COMPLETE}")
+            (tmp / SIZES).write_text(json.dumps(file_sizes(tmp), indent=1))
     return folder
+
+
+def check_intact(folder: Path) -> None:
+    """XLabError if a file of the finished folder is missing or of another size than the build wrote
+    (a copy or a sync cut short, a full disk): its memmaps and JSON would be read as they are.
+    Folders built before sizes were recorded are trusted as before."""
+    path = folder / SIZES
+    if not path.is_file():
+        return
+    try:
+        problem = size_mismatch(folder, json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        problem = f"{SIZES} is unreadable"
+    if problem is not None:
+        raise XLabError(f"the data cache {folder} is damaged ({problem}): {DAMAGED_FIX}.")

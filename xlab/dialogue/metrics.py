@@ -9,6 +9,7 @@
                          over its tokens (pointwise mutual information)
     {stage}/f1           unigram F1 of the greedy reply (up to the turn-end token) against the
                          reference, after ParlAI's normalisation
+    {stage}/*_se         the standard error of each over the `eval_examples` replies scored
 
 Why both rankings: a small model's likelihood of a reply is mostly how fluent and common the reply
 is, so likelihood ranking favours generic replies ("haha yes") over the one that fits. Subtracting
@@ -22,8 +23,14 @@ The data module's `generation_evaluator` is a `DialogueEvaluator`; the `Generati
 
 from __future__ import annotations
 
+import math
+import statistics
+import sys
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from xlab import inference
 from xlab.dialogue.text import unigram_f1
@@ -57,11 +64,13 @@ def ranked_first(scores: torch.Tensor) -> bool:
     return bool((scores[0] > scores[1:]).all())
 
 
-def hits_at_1(model, examples: list[dict], max_len: int, pad_id: int) -> dict[str, float]:
+def hits_at_1(model, examples: list[dict], max_len: int, pad_id: int, progress=None) -> dict[str, float]:
     """hits@1 (mean log-likelihood per token) and hits@1_pmi (summed log-likelihood given the
-    history minus without it) over `examples`."""
+    history minus without it) over `examples`; `progress` is told of each example scored."""
     hits = {"hits@1": 0, "hits@1_pmi": 0}
     for ex in examples:
+        if progress is not None:
+            progress.update()
         bodies = [ex["body"], *ex["negatives"]]
         given, lengths = reply_log_probs(model, ex["prompt"], bodies, max_len, pad_id)
         alone, _ = reply_log_probs(model, ex["prior"], bodies, max_len, pad_id)
@@ -82,23 +91,37 @@ def greedy_replies(model, prompts: list[list[int]], tokenizer, stop_ids: list[in
     return replies
 
 
-def dialogue_scores(model, datamodule, split: str) -> dict[str, float]:
-    """hits@1, hits@1_pmi and F1 of `model` on the split's evaluation examples."""
+def dialogue_scores(model, datamodule, split: str, announce: bool = False) -> dict[str, float]:
+    """hits@1, hits@1_pmi and F1 of `model` on the split's evaluation examples, each with its standard
+    error over that many examples (`*_se`). `announce`: say what is scored, show progress on a
+    terminal, and print the results."""
     examples = datamodule.eval_examples(split)
     if not examples:
         return {}
     max_len, tokenizer = datamodule.hparams.max_len, datamodule.tokenizer
+    n = len(examples)
+    if announce:
+        print(f"xlab: scoring {n} {split} replies for Hits@1 among {datamodule.hparams.candidates} and F1 of greedy "
+              f"replies (data eval_examples bounds it)", file=sys.stderr, flush=True)
     was_training = model.training
     model.eval()
     try:
-        hits = hits_at_1(model, examples, max_len, tokenizer.pad_id)
+        with tqdm(total=n, desc="hits@1", unit=" replies", file=sys.stderr, disable=None if announce else True,
+                  leave=False) as bar:
+            hits = hits_at_1(model, examples, max_len, tokenizer.pad_id, bar)
         stops = [datamodule.renderer.turn_end_id, tokenizer.eos_id]
         replies = greedy_replies(model, [ex["reply_prompt"] for ex in examples], tokenizer, stops,
                                  datamodule.hparams.reply_tokens, max_len)
     finally:
         model.train(was_training)
-    f1 = sum(unigram_f1(r, ex["reference"]) for r, ex in zip(replies, examples)) / len(examples)
-    return {**hits, "f1": f1}
+    f1 = [unigram_f1(r, ex["reference"]) for r, ex in zip(replies, examples)]
+    scores = {**hits, "f1": sum(f1) / n}
+    errors = {f"{name}_se": math.sqrt(p * (1 - p) / n) for name, p in hits.items()}
+    errors["f1_se"] = statistics.stdev(f1) / math.sqrt(n) if n > 1 else 0.0
+    if announce:
+        shown = ", ".join(f"{name} {scores[name]:.3f} ± {errors[name + '_se']:.3f}" for name in scores)
+        print(f"xlab: {split} {shown} (standard errors over {n} replies)", file=sys.stderr, flush=True)
+    return {**scores, **errors}
 
 
 class DialogueEvaluator:
@@ -112,4 +135,5 @@ class DialogueEvaluator:
         """Nothing to gather per batch."""
 
     def compute(self, model, stage: str) -> dict[str, float]:
-        return dialogue_scores(model, self.datamodule, stage)
+        announce = stage == "test" and (not dist.is_available() or not dist.is_initialized() or dist.get_rank() == 0)
+        return dialogue_scores(model, self.datamodule, stage, announce=announce)

@@ -11,12 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
-
 from xlab.common.checkpoint import read_checkpoint, saved_class_path, state_summary, tokenizer_bytes, training_info
 from xlab.common.errors import XLabError
 from xlab.common.export_format import (GENERATION, WEIGHTS, flatten_extra_states, is_extra_state, read_export_config,
-                                       read_export_tokenizer, unique_tensors)
+                                       read_export_tokenizer, read_json, read_safetensors_shapes, unique_tensors)
 from xlab.common.tokenizer import tokenizer_from_bytes
 
 
@@ -45,14 +43,13 @@ def describe(path: str | Path) -> dict[str, Any]:
 def _describe_export(folder: Path) -> dict[str, Any]:
     config = read_export_config(folder)
     extras = config.get("extra_states", {})
-    with safe_open(folder / WEIGHTS, framework="pt") as weights:
-        shapes = {k: weights.get_slice(k).get_shape() for k in weights.keys()}
+    shapes = read_safetensors_shapes(folder / WEIGHTS)
     parameters = sum(_numel(shape) for k, shape in shapes.items() if not is_extra_state(k, extras))
     return {"path": str(folder), "format": "export", "model": config["model"]["class_path"],
             "parameters": parameters, **_state(config.get("state_summary", {})), **config.get("training", {}),
             "tokenizer_size": len(read_export_tokenizer(folder, config)),
             "tokenizer_kind": config["tokenizer"]["kind"], "settings": config["model"]["init_args"],
-            "generation": json.loads((folder / GENERATION).read_text()),
+            "generation": read_json(folder / GENERATION),
             "file_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())}
 
 

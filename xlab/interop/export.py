@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from xlab.common.checkpoint import (MODEL_CLASS_RECORD, STATE_SUMMARY_RECORD, generation_facts, read_checkpoint,
                                      saved_class_path, tokenizer_bytes, training_info)
 from xlab.common.errors import XLabError
 from xlab.common.export_format import (CONFIG, EXPORT_FORMAT, EXPORT_VERSION, GENERATION, HF_TOKENIZER_DIR,
                                        SPM_TOKENIZER, WEIGHTS, flatten_extra_states, read_export_config,
-                                       read_export_tokenizer, regroup_extra_states, unique_tensors)
+                                       read_export_tokenizer, read_json, read_safetensors, regroup_extra_states,
+                                       unique_tensors)
 from xlab.common.files import written_aside_
 from xlab.common.tokenizer import tokenizer_from_bytes
 from xlab.inference.settings import GenerationSettings
@@ -130,10 +130,7 @@ def load_export(folder: str | Path, expected: type | None = None, device: str | 
     folder = Path(folder)
     config = read_export_config(folder)
     cls = model_class(config["model"]["class_path"], expected)
-    try:
-        state = load_file(folder / WEIGHTS, device="cpu")
-    except (SafetensorError, OSError) as e:
-        raise XLabError(f"{folder / WEIGHTS} is not readable safetensors (corrupt?): {e}") from None
+    state = read_safetensors(folder / WEIGHTS)
     for alias, name in config.get("tied", {}).items():
         if name not in state:
             raise XLabError(f"export {folder}: tied weight {alias} refers to missing {name}.")
@@ -147,9 +144,12 @@ def load_export(folder: str | Path, expected: type | None = None, device: str | 
 
 
 def _read_generation(path: Path) -> GenerationSettings:
+    values = read_json(path)
+    if not isinstance(values, dict):
+        raise XLabError(f"{path} is not a valid generation settings file (not a JSON object): re-export the checkpoint.")
     try:
-        return GenerationSettings.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
+        return GenerationSettings.from_dict(values)
+    except TypeError as e:
         raise XLabError(f"{path} is not a valid generation settings file ({e}).") from None
 
 

@@ -5,8 +5,10 @@ The folder is what `save_pretrained` writes, so `AutoModelForCausalLM.from_pretr
 `model.safetensors`, `generation_config.json`, `tokenizer.json` and `tokenizer_config.json`.
 The model says what it is in transformers (`LanguageModel.hf_export`: a config naming its model
 type, and the weights under that model's names) or why it has no equivalent. The tokenizer: a
-pretrained one is written back as it came; XLab's sentencepiece BPE is converted to a fast
-tokenizer with the same ids (`spm_to_hf`).
+pretrained one is written back as it came, XLab's sentencepiece BPE as a fast tokenizer with the
+same ids (`spm_to_hf`); either adds the start token before a text, as XLab does in training and in
+infer.py, so `tok(prompt)` + `generate` and `pipeline("text-generation")` continue a prompt as
+`infer.py` does.
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ def export_hf_(path: str | Path, out: str | Path, force: bool = False) -> Path:
 
 
 def hf_tokenizer_files(tokenizer) -> dict[str, bytes]:
+    """The tokenizer as a fast tokenizer that adds the start token XLab prompts with."""
     if not isinstance(tokenizer, PretrainedTokenizer):
         tokenizer = PretrainedTokenizer(fast_tokenizer_json(tokenizer.to_bytes()), eos_token=tokenizer.eos_token,
                                         sos_token=tokenizer.sos_token, pad_token=tokenizer.pad_token,
                                         unk_token=tokenizer.unk_token)
-    return tokenizer.hf_files()
+    return tokenizer.transformers_files()
 
 
 def _write_(out: Path, config, state, tokenizer_files: dict[str, bytes]) -> None:

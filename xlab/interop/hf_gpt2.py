@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 from xlab.common.errors import XLabError
-from xlab.common.export_format import HF_TOKENIZER_DIR
+from xlab.common.export_format import HF_TOKENIZER_DIR, is_export
 from xlab.models import XLabModel
 from xlab.models.hf_weights import CONV1D_WEIGHTS, TANH_GELU
 
@@ -93,6 +94,9 @@ def load_gpt2(path: str | Path) -> Any:
     if not (path / "config.json").is_file():
         raise XLabError(f"{path} is not a transformers model directory (no config.json): "
                         "pass a folder written by save_pretrained.")
+    if is_export(path):
+        raise XLabError(f"{path} is an XLab export already: use it as it is (infer.py, init_from), or import the "
+                        "transformers folder it came from.")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.disable_progress_bar()  # a tiny local load needs no progress bar on stderr
     try:
@@ -101,8 +105,9 @@ def load_gpt2(path: str | Path) -> Any:
         return GPT2LMHeadModel.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
     except XLabError:
         raise
-    except (OSError, ValueError, RuntimeError) as e:
-        raise XLabError(f"cannot load a GPT-2 model from {path}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        detail = " ".join(str(e).split())[:160]
+        raise XLabError(f"cannot load a GPT-2 model from {path} (a weight file cut short or corrupt?): {detail}") from None
 
 
 def hf_tokenizer_files(path: str | Path) -> dict[str, bytes]:

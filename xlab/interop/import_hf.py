@@ -10,6 +10,7 @@ from pathlib import Path
 
 from xlab.common.errors import XLabError
 from xlab.common.export_format import SPM_TOKENIZER
+from xlab.common.pretrained_tokenizer import PretrainedTokenizer
 from xlab.common.tokenizer import Tokenizer
 from xlab.interop.export import write_export_
 from xlab.interop.hf_gpt2 import hf_tokenizer_files, load_gpt2, xlab_from_gpt2
@@ -33,6 +34,8 @@ def import_hf_(path: str | Path, out: str | Path | None = None, tokenizer: str |
         if not files:
             raise XLabError(f"{path} has no tokenizer files (tokenizer.json, or vocab.json and merges.txt): "
                             "copy them there or pass --tokenizer with a sentencepiece model.")
+        # Read as the export will be read, so a file cut short is refused now, not copied into it.
+        PretrainedTokenizer.from_folder(path)
         kind, size = "huggingface", None
     if size is not None and size > model.hparams.vocab_size:
         raise XLabError(f"the tokenizer has {size} tokens but the model only {model.hparams.vocab_size}: "

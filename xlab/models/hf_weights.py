@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from xlab.common.errors import XLabError
+from xlab.common.export_format import read_safetensors
 
 # Projections whose GPT-2 weights are Conv1D (in, out) and must be transposed.
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -56,7 +56,7 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / "model.safetensors").is_file():
-        return load_file(folder / "model.safetensors")
+        return read_safetensors(folder / "model.safetensors")
     if (folder / "model.safetensors.index.json").is_file():
         index = json.loads((folder / "model.safetensors.index.json").read_text())
         shards = sorted(set(index.get("weight_map", {}).values()))
@@ -65,7 +65,7 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
             raise XLabError(f"Hugging Face folder {folder} is missing the weight shards {', '.join(missing)}: {SAVE_HINT}.")
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(load_file(folder / shard))
+            state.update(read_safetensors(folder / shard))
         return state
     try:
         state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)

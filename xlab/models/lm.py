@@ -10,7 +10,6 @@ dicts from the data module's datasets.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -19,11 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from xlab.common.checkpoint import MODEL_CLASS_RECORD, STATE_SUMMARY_RECORD, check_saved_class, read_checkpoint
+from xlab.common.checkpoint import (MODEL_CLASS_RECORD, STATE_SUMMARY_RECORD, VALIDATION_RECORD, check_saved_class,
+                                     read_checkpoint)
 from xlab.common.errors import XLabError
 from xlab.common.tokenizer import IGNORE_INDEX
 from xlab.models.loss import token_stats
 from xlab.models.metrics import LanguageModelMetrics
+from xlab.models.schedule import Extension, WarmupCosine
 
 STAGES = ("train", "val", "test")
 
@@ -37,7 +38,10 @@ class LanguageModel(L.LightningModule):
         max_len: Context length in tokens (linked into the data module's block size).
         learning_rate, weight_decay, betas: AdamW; no decay on norms, biases and embeddings.
         warmup_steps, min_lr_ratio, lr_decay_steps: Linear warmup, then cosine down to
-            min_lr_ratio * learning_rate at lr_decay_steps (default: the run's total steps).
+            min_lr_ratio * learning_rate at lr_decay_steps (default: the run's total steps). The
+            checkpoint keeps that horizon: a resumed run continues it exactly.
+        lr_extension: A run resumed with more steps than its schedule reaches: keep the rate it
+            ended on (keep), or warm up again and decay to the new end (rewarm); either is announced.
         compile: Run the model's network and its loss through torch.compile (see `compile_target`).
         tf32: Let fp32 matmuls and convolutions use TensorFloat-32 on GPUs that have it (Ampere
             and later: several times the fp32 speed at ~3 significant digits); no effect on a CPU.
@@ -59,6 +63,7 @@ class LanguageModel(L.LightningModule):
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
         lr_decay_steps: int | None = None,
+        lr_extension: Extension = "keep",
         compile: bool = False,
         added_tokens: int = 0,
         tf32: bool = True,
@@ -189,6 +194,10 @@ class LanguageModel(L.LightningModule):
         # without building the model.
         checkpoint[MODEL_CLASS_RECORD] = f"{type(self).__module__}.{type(self).__name__}"
         checkpoint[STATE_SUMMARY_RECORD] = self.state_summary()
+        trainer = self._trainer
+        if trainer is not None:
+            checkpoint[VALIDATION_RECORD] = {name: float(value) for name, value in trainer.callback_metrics.items()
+                                             if name.startswith("val/") and value.numel() == 1}
 
     def state_summary(self) -> dict[str, int]:
         """Counts that describe the model's state beyond its weights (e.g. memory entries);
@@ -239,10 +248,27 @@ class LanguageModel(L.LightningModule):
         fused = self.device.type == "cuda"
         optimizer = torch.optim.AdamW(self.parameter_groups(hp.weight_decay), lr=hp.learning_rate,
                                       betas=tuple(hp.betas), fused=fused)
-        total = hp.lr_decay_steps or self.trainer.estimated_stepping_batches
-        schedule = warmup_cosine(hp.warmup_steps, int(total), hp.min_lr_ratio)
+        schedule = WarmupCosine(hp.warmup_steps, self._schedule_horizon(), hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _schedule_horizon(self) -> int:
+        """The step the schedule decays to: lr_decay_steps, else the run's last step."""
+        return int(self.hparams.lr_decay_steps or self.trainer.estimated_stepping_batches)
+
+    def on_train_start(self) -> None:
+        # A resumed run has its schedule back from the checkpoint now; training beyond it extends it.
+        schedulers = self.lr_schedulers()
+        scheduler = schedulers[0] if isinstance(schedulers, list) else schedulers
+        schedule = getattr(scheduler, "lr_lambdas", [None])[0]
+        planned = self._schedule_horizon()
+        if self.global_step == 0 or not isinstance(schedule, WarmupCosine) or planned <= schedule.total_steps:
+            return
+        notice = schedule.extend_(self.global_step, planned, self.hparams.get("lr_extension", "keep"))
+        for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * schedule(scheduler.last_epoch)
+        if self.trainer.is_global_zero:
+            print(notice, flush=True)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         params = {id(p): p for p in self.parameters()}
@@ -251,15 +277,3 @@ class LanguageModel(L.LightningModule):
                 if isinstance(m, nn.Embedding):
                     params.pop(id(m.weight), None)
         return sum(p.numel() for p in params.values())
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
-    """Linear warmup to 1, then cosine decay to `min_ratio` at `total_steps`, flat after."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor

@@ -14,16 +14,14 @@ an average token instead of noise that would dominate the first steps' loss.
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from safetensors.torch import load_file
 
 from xlab.common.errors import XLabError
-from xlab.common.export_format import CONFIG, EXPORT_FORMAT, WEIGHTS, read_export_config
+from xlab.common.export_format import WEIGHTS, is_export, read_export_config, read_safetensors
 from xlab.models.hf_weights import read_hf_config, read_hf_weights, xlab_settings_from_hf, xlab_state_from_hf
 
 ARCHITECTURE = ("n_layer", "n_head", "n_embd", "ffn_dim", "positions", "rope_base", "norm", "norm_position",
@@ -42,19 +40,12 @@ def read_starting_point(path: str | Path, cls: type) -> StartingPoint:
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise XLabError(f"init_from {folder} is not a folder: give an XLab export or a Hugging Face save_pretrained folder.")
-    if not _is_export(folder):
+    if not is_export(folder):
         config = read_hf_config(folder)
         settings = xlab_settings_from_hf(config, str(folder))
         state = xlab_state_from_hf(config, read_hf_weights(folder), settings["tie_weights"])
         return StartingPoint(str(folder), "GPT-2" if config["model_type"] == "gpt2" else "Llama", settings, state)
     return _read_export(folder, cls)
-
-
-def _is_export(folder: Path) -> bool:
-    try:
-        return json.loads((folder / CONFIG).read_text()).get("format") == EXPORT_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _read_export(folder: Path, cls: type) -> StartingPoint:
@@ -63,7 +54,7 @@ def _read_export(folder: Path, cls: type) -> StartingPoint:
     if not class_path.endswith(".XLabModel"):
         raise XLabError(f"init_from {folder} holds a {class_path}: only XLabModel exports can start an XLabModel.")
     args = config["model"]["init_args"]
-    state = load_file(folder / WEIGHTS)
+    state = read_safetensors(folder / WEIGHTS)
     for alias, name in config.get("tied", {}).items():
         state[alias] = state[name]
     defaults = _defaults(cls)  # settings an older export did not record

@@ -35,7 +35,7 @@ from filelock import FileLock
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from xlab.common.errors import XLabError
-from xlab.common.files import write_text_, written_aside_
+from xlab.common.files import size_mismatch, write_text_, written_aside_
 from xlab.retro.chunking import CHUNK_FILES, CHUNKS, chunk_tokens_, chunks_sha256, neighbour_tokens, open_chunks
 from xlab.retro.embedders import Embedder, embed_chunks_, make_embedder
 from xlab.retro.index import build_index_, load_index, parse_memory, report_path
@@ -96,6 +96,9 @@ def build_retrieval_database_(
         chunks, chunks_id = _step(out_dir, "chunks", chunk_settings, CHUNK_FILES, chunks_step, bars)
         files = open_chunks(out_dir)
         n = len(files["chunks"])
+        if k >= n:  # a chunk's own document is excluded, so fewer than n chunks can be its neighbours
+            raise XLabError(f"k={k} neighbours per chunk can never be found in a database of {n:,} chunks: lower "
+                            f"data k below {n:,} (RETRO used 2) or add documents.")
 
         def embeddings_step() -> dict:
             if embedder.needs_fit:
@@ -164,10 +167,13 @@ class RetrievalDatabase:
         if not path.is_file():
             raise XLabError(f"{self.out_dir} is not a complete retrieval database (no {MANIFEST}): "
                             "run build_retrieval_database_ into it first.")
-        self.manifest: dict[str, Any] = json.loads(path.read_text())
+        self.manifest: dict[str, Any] = _read_manifest(self.out_dir)
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise XLabError(f"{self.out_dir} has database format {self.manifest.get('format_version')}, this code "
                             f"reads {FORMAT_VERSION}: rebuild the database.")
+        problem = _damaged_file(self.out_dir, self.manifest.get("files", {}))
+        if problem is not None:
+            raise _damaged(self.out_dir, problem)
         self.tokenizer, self._embedder, self._index = tokenizer, embedder, None
         files = open_chunks(self.out_dir)
         self.chunks, self.chunk_doc_ids = files["chunks"], files["chunk_doc_ids"]
@@ -285,15 +291,18 @@ def _step(out_dir: Path, name: str, settings: dict, outputs: tuple[str, ...], bu
     stamp = out_dir / STEPS / f"{name}.json"
     settings = json.loads(json.dumps(settings, default=str))  # compare as it will read back
     if stamp.is_file():
-        saved = json.loads(stamp.read_text())
-        if saved.get("settings") == settings and all((out_dir / o).is_file() for o in outputs):
+        saved = _stamp(stamp)
+        # The outputs as the step wrote them: one cut short since (a full disk) is built again.
+        if (saved.get("settings") == settings and all((out_dir / o).is_file() for o in outputs)
+                and size_mismatch(out_dir, saved.get("sizes", {})) is None):
             bars.note(f"{name}: up to date, reused")
             return saved["result"], _identity(saved)
         stamp.unlink()  # stale: the outputs about to be replaced no longer match any stamp
     (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the end
     started = time.time()
     result = json.loads(json.dumps(build(), default=str))
-    saved = {"settings": settings, "result": result, "seconds": round(time.time() - started, 2)}
+    saved = {"settings": settings, "result": result, "seconds": round(time.time() - started, 2),
+             "sizes": {o: (out_dir / o).stat().st_size for o in outputs}}
     _write_json_(stamp, saved)
     return result, _identity(saved)
 
@@ -330,9 +339,52 @@ def _describe_files(out_dir: Path) -> dict[str, dict]:
     for name in (*CHUNK_FILES, EMBEDDINGS, NEIGHBOURS):
         array = np.load(out_dir / name, mmap_mode="r")
         files[name] = {"dtype": array.dtype.name, "shape": list(array.shape)}
-    for name in (EMBEDDER_STATE, INDEX, report_path(INDEX).name):
-        files[name] = {"bytes": (out_dir / name).stat().st_size}
+    for name in (*CHUNK_FILES, EMBEDDINGS, NEIGHBOURS, EMBEDDER_STATE, INDEX, report_path(INDEX).name):
+        files.setdefault(name, {})["bytes"] = (out_dir / name).stat().st_size
     return files
+
+
+# --- reading a finished database, trusting nothing that changed since ---------------------------
+def _read_manifest(out_dir: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise _damaged(out_dir, f"{MANIFEST} is not valid JSON")
+    return manifest
+
+
+def _stamp(path: Path) -> dict[str, Any]:
+    """A step's stamp; one cut short counts as no stamp (the step runs again)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def _damaged_file(out_dir: Path, files: dict[str, dict]) -> str | None:
+    """What differs from the manifest's record of the files: the first one missing, of another size
+    or (manifests that recorded shapes only) unreadable or of another shape; None if nothing."""
+    sizes = {name: record["bytes"] for name, record in files.items() if "bytes" in record}
+    problem = size_mismatch(out_dir, sizes)
+    if problem is not None:
+        return problem
+    for name, record in files.items():
+        if "shape" in record and "bytes" not in record:
+            try:
+                shape = list(np.load(out_dir / name, mmap_mode="r").shape)
+            except (ValueError, EOFError, OSError):
+                return f"{name} is unreadable"
+            if shape != record["shape"]:
+                return f"{name} has shape {shape}, written with {record['shape']}"
+    return None
+
+
+def _damaged(out_dir: Path, problem: str) -> XLabError:
+    return XLabError(f"the retrieval database {out_dir} is damaged ({problem}): delete that folder and run again to "
+                     "rebuild it (./manage.py build-retrieval for a database_dir).")
 
 
 class _Bars:

@@ -179,6 +179,11 @@ class RetroDataModule(XLabDataModule):
         if self.hparams.database_dir and db.manifest.get("input", {}).get("sha256") != self._train_signature():
             raise XLabError(f"the retrieval database {db.out_dir} was built from other tokens than this corpus's "
                             "train split (another tokenizer, corpus or split): rebuild it with these data settings.")
+        found = db.manifest.get("neighbours", {})
+        if found.get("missing_neighbours"):
+            print(f"xlab: {found['missing_neighbours']:,} of {found['n'] * found['k']:,} neighbour slots in "
+                  f"{db.out_dir} are empty ({found['short_rows']:,} chunks have fewer than k={found['k']} from other "
+                  "documents); those rows see padding: raise data num_extra_neighbors or lower k.", flush=True)
         if len(db) == 0 or db.n_sequences == 0:
             raise XLabError(f"the retrieval database {db.out_dir} holds no training sequence: every train document "
                             f"is shorter than max_len={hp.max_len} tokens; lower max_len or use longer documents.")

@@ -225,7 +225,11 @@ def load_index(path: str | Path) -> faiss.Index:
     path = Path(path)
     if not path.is_file():
         raise XLabError(f"no faiss index at {path}: build the retrieval database first.")
-    return faiss.read_index(str(path))
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as error:  # faiss's C++ read error, for a file cut short or not an index
+        raise XLabError(f"{path} is not a readable faiss index ({last_line(error)}): delete its retrieval database "
+                        "folder and run again to rebuild it.") from None
 
 
 def to_gpu_if_available(index: faiss.Index) -> faiss.Index | None:

@@ -418,5 +418,6 @@ def check_database(model: RetroModel, database, force: bool) -> None:
     try:
         database.check_identity(expected)
     except XLabError as error:
-        raise XLabError(f"{error} (or set model.init_args.force_database true to use it anyway)") from None
+        raise XLabError(f"{str(error).rstrip('.')}, or set model.init_args.force_database true to use it "
+                        "anyway.") from None
 
