@@ -6,6 +6,7 @@ Usage:
     ./manage.py inspect CKPT_OR_EXPORT [--json]
     ./manage.py import-hf HF_DIR [-o OUT] [--tokenizer SPM_MODEL] [--force]
     ./manage.py export-hf CKPT_OR_EXPORT -o DIR [--force]
+    ./manage.py prepare-data [-c RECIPE.yaml] [--section.key value ...]
     ./manage.py build-retrieval -c RECIPE.yaml [-o DIR] [--max-len N]
     ./manage.py build-dataset [-o OUTPUT_NAME] [-m MODULES] [-f FILTERS] [-p N] [-v]
     ./manage.py COMMAND --help
@@ -63,6 +64,13 @@ COMMANDS = (
          option("--force", action="store_true", help="replace DIR if it exists and is not empty")),
         run="xlab.interop.commands:export_hf",
     ),
+    Command(
+        "prepare-data",
+        "build a recipe's tokenizer, data caches and (RETRO) database without training, and report them",
+        (),
+        run="xlab.cli:prepare_data_command",
+        reads_config=True,
+    ),
 )
 
 
@@ -82,8 +90,9 @@ def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
     for command in commands.values():
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         if command.reads_config:
-            sub.add_argument("-c", "--config", action="append", required=True, metavar="YAML",
-                             help="a recipe, as xlab.py reads it (repeatable; later files win)")
+            sub.add_argument("-c", "--config", action="append", default=[], metavar="YAML",
+                             help="a recipe, as xlab.py reads it (repeatable; later files win; none: "
+                                  "conf/defaults.yaml)")
             sub.epilog = "Other --section.key value settings are read as xlab.py fit reads them."
         for each in command.options:
             each.add_to(sub)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -10,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import CONF, tiny, write_dialogue_episodes
+from tests.helpers import CONF, load_script, tiny, write_dialogue_episodes
 from xlab.cli import main
 
 # finetune-gpt2.yaml and dialogue-gpt2.yaml need a pretrained folder (tests/interop/test_finetune.py
@@ -199,3 +200,18 @@ def test_a_checkpoint_alone_takes_its_own_data_settings_from_the_command_line(tm
         main(["validate", *args, "--ckpt_path", str(ckpt), *other])
     forced = main(["validate", *args, "--ckpt_path", str(ckpt), *other, "--model.init_args.force_database", "true"])
     assert forced.model.hparams.force_database and forced.datamodule.database.out_dir != database
+
+
+def test_prepare_data_builds_what_fit_then_only_opens(tmp_path, corpus_dir, capsys):
+    manage = load_script("manage")
+    args = tiny(tmp_path, [{"kind": "text_folder", "path": str(corpus_dir)}], steps=2)
+    data_args = [a for i, a in enumerate(args) if a.startswith("--data.") or (i and args[i - 1].startswith("--data."))]
+    model_args = ["--model.init_args.max_len", "16"]
+    assert manage.main(["prepare-data", "-c", str(CONF / "defaults.yaml"), *data_args, *model_args]) == 0
+    out = capsys.readouterr().out
+    assert "building the corpus cache" in out and re.search(r"xlab: train +\d+", out) and "ready:" in out
+    main(["fit", "-c", str(CONF / "defaults.yaml"), *args])
+    assert "building the corpus cache" not in capsys.readouterr().out  # fit found it built
+    assert manage.main(["prepare-data", "-c", str(CONF / "defaults.yaml"), *data_args, *model_args]) == 0
+    again = capsys.readouterr().out
+    assert "building" not in again and re.search(r"xlab: val +\d+", again)  # the table, from the cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import sys
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -32,10 +33,11 @@ def test_the_bar_counts_steps_and_shows_four_numbers_on_one_line(corpus_dir, tmp
     assert bar.tokens_per_second() > 0
 
 
-def test_xlab_fit_uses_it(tmp_path, corpus_dir):
+def test_xlab_fit_uses_it_on_a_terminal(tmp_path, corpus_dir, monkeypatch):
     from tests.helpers import CONF, tiny
     from xlab.cli import main
 
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     args = tiny(tmp_path, [{"kind": "text_folder", "path": str(corpus_dir)}], steps=2)
     cli = main(["fit", "-c", str(CONF / "defaults.yaml"), *args, "--trainer.enable_progress_bar", "true"])
     assert isinstance(cli.trainer.progress_bar_callback, StepProgressBar)

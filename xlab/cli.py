@@ -30,7 +30,9 @@ from xlab.common.checkpoint import read_checkpoint
 from xlab.common.errors import XLabError, exit_with
 from xlab.datamodules.base import DataModule
 from xlab.models import LanguageModel
+from xlab.precision import fitting_precision
 from xlab.progress_bar import StepProgressBar
+from xlab.progress_lines import ProgressLines
 
 # Lightning's own noise, not the user's concern: an advert, a deprecation inside Lightning, and a
 # note that validating a checkpoint from another run folder does not restore its top-k list.
@@ -91,6 +93,9 @@ class XLabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(XLabCheckpoint, "checkpoint")
         parser.add_lightning_class_args(DocumentScoreWriter, "predictions")
+        parser.add_argument("--precision_fallback", type=bool, default=True,
+                            help="Train in 32-true where the recipe asks for bf16 and the device multiplies bf16 "
+                                 "matrices slower than fp32 (measured once per run); false keeps the recipe's.")
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",
             "checkpoint.mode": "min",
@@ -108,11 +113,20 @@ class XLabCLI(LightningCLI):
         parser.link_arguments("model.init_args.max_len", "data.init_args.max_len")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
-        # A rich progress bar unless the run asks for none (Lightning refuses both at once) or
-        # brings its own.
+        # A rich progress bar on a terminal, unless the run asks for none (Lightning refuses both at
+        # once) or brings its own; plain lines in a log, where a bar would print nothing readable.
         listed = [*(config.get("callbacks") or []), *callbacks]
+        if self._section().get("precision_fallback", True):
+            precision, notice = fitting_precision(config.get("precision"), config.get("accelerator"))
+            if notice is not None:
+                config = {**config, "precision": precision}
+                print(notice, flush=True)
+        if not sys.stdout.isatty() and not any(isinstance(c, ProgressBar) for c in listed):
+            config = {**config, "enable_progress_bar": False}
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in listed):
             callbacks = [*callbacks, StepProgressBar()]
+        elif not any(isinstance(c, (ProgressBar, ProgressLines)) for c in listed):
+            callbacks = [*callbacks, ProgressLines()]
         trainer = super()._instantiate_trainer(config, callbacks)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the run configured
             trainer.strategy.checkpoint_io = ReadOnceCheckpointIO(trainer.strategy.checkpoint_io, self.checkpoint_reads)
@@ -122,6 +136,11 @@ class XLabCLI(LightningCLI):
                 if isinstance(callback, SaveConfigCallback):
                     callback.save_to_log_dir = False
         return trainer
+
+    def _section(self) -> Any:
+        """The configuration of the subcommand being run (the whole one without subcommands)."""
+        subcommand = self.config.get("subcommand")
+        return self.config[subcommand] if subcommand else self.config
 
     def instantiate_classes(self) -> None:
         # A data module's or model's constructor refusing a setting is the user's one-line error,
@@ -226,6 +245,16 @@ def data_module_from_config(args: list[str]):
     cli = XLabCLI(LanguageModel, DataModule, args=list(args), run=False, parser_kwargs=_defaults(args),
                   data_only=True, **CLI_SETTINGS)
     return cli.datamodule
+
+
+def prepare_data_command(args, datamodule) -> int:
+    """manage.py prepare-data: build what the recipe's data needs (tokenizer, caches and, for RETRO,
+    the database) and say what it holds, so that `xlab.py fit` with the same settings only opens it:
+    once before a multi-node launch, on a filesystem every node sees."""
+    datamodule.setup("fit")
+    datamodule.report()
+    print("xlab: ready: xlab.py fit with the same data settings (and cache_dir) reuses it", flush=True)
+    return 0
 
 
 CLI_SETTINGS = dict(subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,

@@ -133,6 +133,13 @@ class CaptionDataModule(DataModule):
             lines = (self.cache_folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
             self.records[split] = [CaptionRecord.from_json(json.loads(line)) for line in lines]
 
+    def report(self) -> None:
+        super().report()
+        meta = self.meta
+        for split, count in meta["records"].items():
+            print(f"xlab: {split:<8} {count:>8,} images", flush=True)
+        print(f"xlab: styles: {', '.join(meta['styles']) or 'none'}; skipped records: {meta['skipped']}", flush=True)
+
     # --- what the model is handed, and its evaluation -----------------------------------------------
     def model_resources(self) -> dict[str, Any]:
         """The tokenizer (SCST decodes its samples) and the references (SCST's CIDEr-D statistics)."""

@@ -85,6 +85,7 @@ class DataModule(L.LightningDataModule, ABC):
         self._tokenizer: Tokenizer | PretrainedTokenizer | None = None
         self._token_bytes: np.ndarray | None = None
         self._built = False
+        self.built_now = False
         self._folder: Path | None = None
 
     # --- what a subclass decides ----------------------------------------------------------------
@@ -104,6 +105,10 @@ class DataModule(L.LightningDataModule, ABC):
         """Facts, beyond the tokenizer, that generating as in training needs (saved in checkpoints and
         exports: the dialogue module's turn-end token); JSON values only."""
         return {}
+
+    def report(self) -> None:
+        """Print what the prepared cache holds (`manage.py prepare-data`); subclasses add their counts."""
+        print(f"xlab: cache {self.cache_folder}", flush=True)
 
     def generation_evaluator(self, model) -> Any | None:
         """What scores `model` by generating at validation and test (None: nothing), with
@@ -147,6 +152,7 @@ class DataModule(L.LightningDataModule, ABC):
         def build(tmp: Path) -> None:
             print(f"xlab: building the {self.cache_kind} cache {folder} ...", flush=True)
             self.build_cache_(tmp)
+            self.built_now = True  # its build printed what it holds
 
         build_once_(folder, build, rebuild=rebuild)
         self._built = True

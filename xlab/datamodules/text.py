@@ -19,6 +19,7 @@ from xlab.datamodules.datasets import BlockDataset, DocumentWindows, pad_collate
 from xlab.datamodules.encode import build_encoded_corpus_, open_tokens
 from xlab.datamodules.sections import DEFAULT_SECTION_BYTES
 from xlab.datamodules.sources import build_source
+from xlab.datamodules.split_report import report_splits
 from xlab.datamodules.splits import SPLITS
 
 CACHE_FORMAT = 2  # bump when the folder layout or encoding changes, so old caches are not trusted
@@ -63,6 +64,12 @@ class XLabDataModule(DataModule):
         build_encoded_corpus_(tmp, self.sources, self.fractions, self.hparams.split_salt,
                               self.make_tokenizer, self.hparams.max_documents,
                               section_bytes=self.hparams.section_bytes)
+
+    def report(self) -> None:
+        super().report()
+        if not self.built_now:
+            meta = self.meta
+            report_splits(meta["splits"], self.fractions, meta.get("sections"))
 
     def _opened(self) -> bool:
         return bool(self.tokens)

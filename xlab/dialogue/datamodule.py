@@ -102,6 +102,11 @@ class DialogueDataModule(DataModule):
         settings["extra_special_tokens"] = list(dict.fromkeys([*settings["extra_special_tokens"], self.hparams.turn_end]))
         return settings
 
+    def report(self) -> None:
+        super().report()
+        for split, size in self.meta["splits"].items():
+            print(f"xlab: {split:<8} {size['episodes']:>8,} episodes {size['turns']:>9,} turns", flush=True)
+
     # --- what generation needs, and its evaluation ----------------------------------------------
     def generation_facts(self) -> dict[str, Any]:
         return {"turn_end": self.hparams.turn_end}

@@ -203,6 +203,16 @@ class RetroDataModule(XLabDataModule):
             self.database = self.open_database()
         self._eval: dict[str, RetroEvalDataset] = getattr(self, "_eval", {})
 
+    def report(self) -> None:
+        super().report()
+        db = self.database if self.database is not None else self.open_database()
+        sizes = db.manifest["sizes"]
+        print(f"xlab: retrieval database {db.out_dir}")
+        print(f"xlab:   {sizes['n_chunks']:,} chunks of {db.chunk_size} tokens from {sizes['n_docs']:,} documents, "
+              f"{sizes['n_seqs']:,} training sequences of {db.seq_len} tokens")
+        print(f"xlab:   embedder {db.manifest['embedder']['spec']['kind']} (dim {sizes['dim']}), "
+              f"index {db.manifest['index']['factory']} ({sizes['index_bytes'] / 1e6:.1f} MB), k={db.k}", flush=True)
+
     def model_resources(self) -> dict[str, Any]:
         """The database: RetroModel records which one its weights were trained with, and checks it."""
         return {"retrieval_database": self.database}
