@@ -38,7 +38,10 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda reco
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "defaults.yaml"
+# The checkout's conf/defaults.yaml; an installed package carries the recipes as xlab/conf.
+DEFAULT_CONFIG = next((path for path in (Path(__file__).resolve().parent.parent / "conf" / "defaults.yaml",
+                                         Path(__file__).resolve().parent / "conf" / "defaults.yaml") if path.is_file()),
+                      Path(__file__).resolve().parent.parent / "conf" / "defaults.yaml")
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
