@@ -42,7 +42,10 @@ warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
 # main() hands LightningCLI the command line itself when it names the checkpoint's classes in it.
 warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended to run from within Python.*")
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "defaults.yaml"
+# The checkout's conf/defaults.yaml; an installed package carries the recipes as xlab/conf.
+DEFAULT_CONFIG = next((path for path in (Path(__file__).resolve().parent.parent / "conf" / "defaults.yaml",
+                                         Path(__file__).resolve().parent / "conf" / "defaults.yaml") if path.is_file()),
+                      Path(__file__).resolve().parent.parent / "conf" / "defaults.yaml")
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
