@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from pydoc_data.topics import topics
 from typing import Any
+
+from pydoc_data.topics import topics
 
 from xlab.datamodules.sources.base import Document, Source, register
 
