@@ -72,8 +72,8 @@ def test_infer_help_lists_every_familys_options_under_its_heading():
 def test_manage_lists_every_familys_commands(capsys):
     manage = load_script("manage")
     names = list(manage.all_commands())
-    assert names[:4] == ["export-checkpoint", "inspect", "import-hf", "export-hf"]
-    assert names[4:] == ["build-retrieval", "build-dataset"]
+    assert names[:5] == ["export-checkpoint", "inspect", "import-hf", "export-hf", "prepare-data"]
+    assert names[5:] == ["build-retrieval", "build-dataset"]
     with pytest.raises(SystemExit):
         manage.main(["--help"])
     listing = capsys.readouterr().out

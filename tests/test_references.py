@@ -2,8 +2,11 @@
 validation metrics through the real `xlab.py fit`, logits of a validation batch, and greedy,
 sampled and beam text through the real `infer.py` (chat and image modes included).
 
-The reference was recorded before the package moved to one package per family, so this test is
-what says that the move preserved behaviour bit for bit. Each scenario is a complete config of its
+The reference was first recorded before the package moved to one package per family, and the
+moved code reproduced it bit for bit. Bits do not travel between processors, though (an AMD and an
+Intel core round a few sums differently even with the kernels pinned), so numbers compare to a
+relative 1e-4, and the logits through a sketch: each position's projection on two fixed random
+directions. Text compares exactly. Each scenario is a complete config of its
 own (not a file in conf/, whose defaults may improve), and old class paths (`xlab.models.*`,
 `xlab.datamodules.*`) give the same results as the current ones.
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -22,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import digest, load_script, write_corpus, write_dialogue_episodes
+from tests.helpers import load_script, write_corpus, write_dialogue_episodes
 from xlab.cli import main
 from xlab.common.files import write_text_
 
@@ -106,6 +110,24 @@ def run_infer(args: list[str], stdin: str = "") -> str:
     return out.getvalue()
 
 
+def sketch(logits: torch.Tensor) -> list[str]:
+    """Each position's logits projected on two fixed random directions: any change to any logit
+    moves it, and it compares with a tolerance where a hash of the bytes could not."""
+    directions = torch.randn(logits.shape[-1], 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return [value.hex() for value in (logits.double() @ directions).flatten().tolist()]
+
+
+def close(found, expected) -> bool:
+    """Hex floats within a relative 1e-4 (lists and dicts elementwise); anything else equal."""
+    if isinstance(expected, dict):
+        return found.keys() == expected.keys() and all(close(found[k], v) for k, v in expected.items())
+    if isinstance(expected, list):
+        return len(found) == len(expected) and all(close(f, e) for f, e in zip(found, expected))
+    if isinstance(expected, str) and expected.startswith(("0x", "-0x")):
+        return math.isclose(float.fromhex(found), float.fromhex(expected), rel_tol=1e-4, abs_tol=1e-4)
+    return found == expected
+
+
 def facts(name: str, tmp: Path, data_dir: Path, paths: dict) -> dict:
     config = write_config_(name, tmp, data_dir, paths)
     cli = main(["fit", "-c", str(config)])
@@ -116,7 +138,7 @@ def facts(name: str, tmp: Path, data_dir: Path, paths: dict) -> dict:
     batch = next(iter(cli.datamodule.val_dataloader()))
     with torch.no_grad():
         logits = model.batch_logits(batch)
-    out = {"losses": losses, "val": metrics, "logits": digest(logits)}
+    out = {"losses": losses, "val": metrics, "logits": sketch(logits)}
     if name == "captions":
         image = str(data_dir / "shape.png")
         out["greedy"] = run_infer([ckpt, "--image", image, "--greedy", "--device", "cpu"])
@@ -151,19 +173,26 @@ def reference() -> dict:
     return json.loads(REFERENCE.read_text())
 
 
-@pytest.mark.parametrize("name", FAMILIES)
 def recorded(found: dict, expected: dict) -> dict:
     """`found` with the validation metrics the reference recorded (metrics added since are not in it)."""
     assert set(expected["val"]) <= set(found["val"])
     return {**found, "val": {name: found["val"][name] for name in expected["val"]}}
 
 
+@pytest.mark.parametrize("name", FAMILIES)
 def test_family_matches_the_reference(name, tmp_path, data_dir, reference):
-    assert recorded(facts(name, tmp_path, data_dir, CURRENT), reference[name]) == reference[name]
+    found = recorded(facts(name, tmp_path, data_dir, CURRENT), reference[name])
+    assert close(found, reference[name]), {k: v for k, v in found.items() if not close(v, reference[name][k])}
 
 
 def test_old_class_paths_give_the_same_results(tmp_path, data_dir, reference):
-    assert recorded(facts("retro", tmp_path, data_dir, OLD), reference["retro"]) == reference["retro"]
+    found = recorded(facts("retro", tmp_path, data_dir, OLD), reference["retro"])
+    assert close(found, reference["retro"])
+
+
+def test_the_comparison_sees_a_change_beyond_rounding():
+    assert close(["0x1.8p+2", "text"], [(6.0 * (1 + 1e-6)).hex(), "text"])
+    assert not close(["0x1.8p+2"], [(6.0 * (1 + 1e-3)).hex()]) and not close(["text"], ["test"])
 
 
 def record_() -> None:

@@ -22,9 +22,9 @@ def manage():
 
 
 def report(out: str) -> list[str]:
-    """The command's report: its lines from "retrieval database:" on (building prints progress first)."""
+    """The command's report: its lines from "xlab: retrieval database" on (building prints progress first)."""
     lines = out.splitlines()
-    return lines[next(i for i, line in enumerate(lines) if line.startswith("retrieval database: ")):]
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("xlab: retrieval database ")):]
 
 
 def recipe(folder, corpus_dir, **data) -> str:
@@ -50,7 +50,7 @@ def test_manage_build_retrieval_then_train_with_it(corpus_dir, tmp_path, capsys,
     assert manage.main(["build-retrieval", "-c", recipe(tmp_path, corpus_dir), "-o", str(out)]) == 0
     printed = report(capsys.readouterr().out)
     assert "training sequences of 16 tokens" in printed[1]  # the model's max_len reached the data
-    assert printed[0] == f"retrieval database: {out}"
+    assert printed[0] == f"xlab: retrieval database {out}"
     assert printed[3] == f"train with it: --data.init_args.database_dir {out}" and len(printed) == 4
     dm = make(corpus_dir, tmp_path, database_dir=str(out))
     assert dm.database.out_dir == out and next(iter(dm.train_dataloader()))["retrieved"].shape == (4, 4, 2, 8)
@@ -64,10 +64,10 @@ def test_overrides_reach_the_database_in_the_cache_where_training_looks(corpus_d
     db = trained.database
     sizes = db.manifest["sizes"]
     assert (db.seq_len, db.k, sizes["dim"]) == (8, 3, 32)
-    assert printed[0] == f"retrieval database: {db.out_dir}"  # training found the one it built
-    assert printed[1] == (f"  {sizes['n_chunks']:,} chunks of 4 tokens from {sizes['n_docs']:,} documents, "
+    assert printed[0] == f"xlab: retrieval database {db.out_dir}"  # training found the one it built
+    assert printed[1] == (f"xlab:   {sizes['n_chunks']:,} chunks of 4 tokens from {sizes['n_docs']:,} documents, "
                           f"{sizes['n_seqs']:,} training sequences of 8 tokens")
-    assert printed[2].startswith("  embedder hashed (dim 32), index ") and printed[2].endswith(", k=3")
+    assert printed[2].startswith("xlab:   embedder hashed (dim 32), index ") and printed[2].endswith(", k=3")
     assert len(printed) == 3  # no -o: nothing more to pass to training
 
 
