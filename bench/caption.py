@@ -43,7 +43,7 @@ class Setting:
     batch_size: int = 32
     # SCST refines a trained captioner: a step far below the cross-entropy one (2e-3), samples
     # drawn near the greedy caption, the mean of the image's other samples as the baseline
-    # (README, Captions, for the settings tried at five seeds).
+    # (docs/captions.md, for the settings tried at five seeds).
     scst_steps: int = 100
     scst_batch_size: int = 32  # images per step; at 16 the gradient's noise lowered CIDEr-D at one seed in five
     scst_learning_rate: float = 5e-5

@@ -1,7 +1,7 @@
 """The --device option every bench takes: where its models run, checked before any work starts.
 
 A bench defaults to the GPU when torch sees one, so the same command measures the machine it is
-run on; `--device cpu` reproduces the CPU figures of the README on any machine.
+run on; `--device cpu` reproduces the CPU figures of docs/ on any machine.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import platform
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -131,6 +133,15 @@ def write_dialogue_episodes(path: Path, count: int = 200, seed: int = 0) -> Path
         lines.append(json.dumps({"id": f"talk-{i}", "source": "test", "context": "", "personas": {}, "turns": turns}))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def cpu_vendor() -> str:
+    """The processor's maker as the kernel names it (GenuineIntel, AuthenticAMD): exact float
+    references hold only among processors of one maker."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    found = re.search(r"^vendor_id\s*:\s*(\S+)", text, re.M)
+    return found.group(1) if found else platform.processor() or "unknown"
 
 
 def digest(tensor: torch.Tensor) -> str:

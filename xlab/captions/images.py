@@ -1,6 +1,6 @@
 """Opening images of any mode and size, and the one transform every caption image goes through.
 
-The transform (documented in the README) is:
+The transform (documented in docs/captions.md) is:
     1. open the file; palette, grayscale, CMYK, 16-bit and RGBA images become RGB (transparent
        pixels over white, as a viewer shows them);
     2. resize so the shorter side is `image_size` (bicubic, antialiased);

@@ -4,7 +4,7 @@ The memory is read on the output side, like a kNN-LM or a continuous cache: an e
 this context came this token", and a token that finds entries for its own context adds their
 tokens to the language model's next-token distribution through a learned gate. A memory with
 nothing useful to say gets no weight, so it costs nothing next to the same model
-without it (the input-side read this replaces cost up to 0.4 nats on plain text; see the README).
+without it (the input-side read this replaces cost up to 0.4 nats on plain text; see docs/memory.md).
 
 An entry is one stored vector (`entry_dim` numbers):
   * key, `memory_dim` numbers in two halves:
