@@ -136,6 +136,9 @@ def test_cached_decoding_equals_full_recomputation_with_every_switch_on(position
         cache = model.new_cache(len(ids))
         steps = [model(ids[:, :7], cache=cache)] + [model(ids[:, i:i + 1], cache=cache) for i in range(7, 22)]
         torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+        # A cache reset when the window slides starts over as a full pass over the new window does.
+        cache.reset()
+        torch.testing.assert_close(model(ids[:, 4:], cache=cache), model(ids[:, 4:]), rtol=1e-5, atol=1e-5)
         # Beam search keeps rows in its own order: a reordered cache goes on as its rows would.
         cache = model.new_cache(len(ids))
         model(ids[:, :15], cache=cache)

@@ -33,7 +33,8 @@ def document_layout(input_ids: Tensor, sos_id: int, positions: Tensor,
     index = torch.arange(T, device=device).expand(B, T)
     latest = torch.where(starts, index, -1).cummax(1).values  # the last sos at or before each token
     begun = positions.gather(1, latest.clamp(min=0))  # the position that sos has
-    before = cache.document_start[:, None] if cache is not None else torch.zeros_like(begun)
+    # An empty cache (a new one, or one reset when the window slid) starts as a full pass does.
+    before = cache.document_start[:, None] if past else torch.zeros_like(begun)
     start = torch.where(latest >= 0, begun, before)
     keys = documents
     if cache is not None:
