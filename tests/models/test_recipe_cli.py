@@ -17,7 +17,7 @@ from xlab.interop.export import export_checkpoint_, load
 from xlab.interop.export_hf import export_hf_
 
 SWITCHES = {"optimizer": "muon", "lr_schedule": "trapezoid", "qk_norm": "true", "activation": "relu2",
-            "logit_softcap": "15.0", "zero_init": "true", "document_mask": "true", "tie_weights": "false",
+            "logit_softcap": "15.0", "zero_init": "true", "value_embeddings": "true", "document_mask": "true", "tie_weights": "false",
             "head_lr": "0.004", "embedding_lr": "0.01"}
 
 

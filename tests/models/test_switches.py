@@ -1,6 +1,6 @@
-"""XLabModel's recipe switches (qk_norm, relu2, logit_softcap, zero_init) against a forward pass written
-out with plain tensor operations, cached decoding against full recomputation with every switch on
-(document masking included), and checkpoints from before the switches."""
+"""XLabModel's recipe switches (qk_norm, relu2, logit_softcap, value_embeddings, zero_init) against a
+forward pass written out with plain tensor operations, cached decoding against full recomputation
+with every switch on (document masking included), and checkpoints from before the switches."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from xlab.models import XLabModel
 from xlab.models.hf_weights import hf_kind
 
 VOCAB, SOS = 40, 2
-ALL_ON = dict(qk_norm=True, activation="relu2", logit_softcap=4.0, zero_init=True, document_mask=True)
+ALL_ON = dict(qk_norm=True, activation="relu2", logit_softcap=4.0, zero_init=True, value_embeddings=True,
+              document_mask=True)
 
 
 def model_with(seed: int = 0, **settings) -> XLabModel:
@@ -51,9 +52,11 @@ def reference_logits(model: XLabModel, ids):
     nh, hs, eps = hp.n_head, hp.n_embd // hp.n_head, hp.norm_eps
     positions = torch.arange(T).expand(B, T)
     x = t.wte.weight[ids]
-    for block in t.h:
+    for layer, block in enumerate(t.h):
         h = rms(x, block.ln_1.weight, eps)
         q, k, v = (h @ block.attn.c_attn.weight.T).split(hp.n_embd, dim=-1)
+        if hp.value_embeddings:
+            v = v + t.vte[layer].weight[ids]
         q, k, v = (z.reshape(B, T, nh, hs).transpose(1, 2) for z in (q, k, v))
         if hp.qk_norm:
             q, k = rms(q, block.attn.q_norm.weight, eps), rms(k, block.attn.k_norm.weight, eps)
@@ -74,9 +77,10 @@ def reference_logits(model: XLabModel, ids):
     return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
-@pytest.mark.parametrize("qk_norm, activation, cap", itertools.product([False, True], ["swiglu", "relu2"], [None, 3.0]))
-def test_each_switch_matches_the_written_out_forward(qk_norm, activation, cap):
-    model = model_with(qk_norm=qk_norm, activation=activation, logit_softcap=cap)
+@pytest.mark.parametrize("qk_norm, activation, cap, values",
+                         itertools.product([False, True], ["swiglu", "relu2"], [None, 3.0], [False, True]))
+def test_each_switch_matches_the_written_out_forward(qk_norm, activation, cap, values):
+    model = model_with(qk_norm=qk_norm, activation=activation, logit_softcap=cap, value_embeddings=values)
     ids = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(model(ids), reference_logits(model, ids), rtol=1e-5, atol=1e-5)
@@ -157,7 +161,7 @@ def test_beam_search_runs_with_every_switch_on():
 
 
 def test_switches_transformers_lacks_are_refused_by_export_hf_by_name():
-    for setting, value in (("qk_norm", True), ("logit_softcap", 30.0)):
+    for setting, value in (("qk_norm", True), ("logit_softcap", 30.0), ("value_embeddings", True)):
         hp = {**model_with().hparams, setting: value}
         with pytest.raises(XLabError, match=f"^{setting}="):
             hf_kind(hp)
@@ -166,7 +170,7 @@ def test_switches_transformers_lacks_are_refused_by_export_hf_by_name():
     assert hf_kind({**model_with().hparams, "activation": "swiglu", "zero_init": True, "document_mask": True}) == "llama"
 
 
-NEW_SETTINGS = ("qk_norm", "logit_softcap", "zero_init", "document_mask", "optimizer", "muon_lr", "muon_momentum",
+NEW_SETTINGS = ("qk_norm", "logit_softcap", "zero_init", "value_embeddings", "document_mask", "optimizer", "muon_lr", "muon_momentum",
                 "embedding_lr", "head_lr", "lr_schedule", "cooldown_fraction")
 
 

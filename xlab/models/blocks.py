@@ -142,7 +142,9 @@ class CausalSelfAttention(nn.Module):
             self.k_norm = nn.RMSNorm(self.head_dim, eps=norm_eps)
         self.qk_norm = qk_norm
 
-    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int,
+                value_embed: Tensor | None = None) -> Tensor:
+        """`value_embed` (B, T, n_kv_head * hs), when given, is added to the values (value embeddings)."""
         B, T, C = x.shape
         kv = self.n_kv_head * self.head_dim
         q, k, v = self.c_attn(x).split([C, kv, kv], dim=2)
@@ -150,6 +152,8 @@ class CausalSelfAttention(nn.Module):
         k, v = (t.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2) for t in (k, v))  # (B, nkv, T, hs)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
+        if value_embed is not None:
+            v = v + value_embed.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if self.rotary is not None:
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is not None:
@@ -196,11 +200,12 @@ class Block(nn.Module):
         self.ln_2 = make_norm(norm, n_embd, bias, norm_eps)
         self.mlp = MLP(n_embd, ffn_dim, activation, dropout, bias)
 
-    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int,
+                value_embed: Tensor | None = None) -> Tensor:
         if self.pre_norm:
-            x = x + self.attn(self.ln_1(x), positions, mask, cache, layer)
+            x = x + self.attn(self.ln_1(x), positions, mask, cache, layer, value_embed)
             return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x, positions, mask, cache, layer))
+        x = self.ln_1(x + self.attn(x, positions, mask, cache, layer, value_embed))
         return self.ln_2(x + self.mlp(x))
 
 

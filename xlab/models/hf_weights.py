@@ -32,7 +32,7 @@ TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 SUPPORTED = ("gpt2", "llama")
 # XLabModel's switches that neither architecture has: off in a model read from either.
-NO_XLAB_SWITCHES = dict(qk_norm=False, logit_softcap=None)
+NO_XLAB_SWITCHES = dict(qk_norm=False, logit_softcap=None, value_embeddings=False)
 SAVE_HINT = ("on a machine with network access run `AutoModelForCausalLM.from_pretrained(NAME)"
              ".save_pretrained(DIR)` (and the same with AutoTokenizer) and copy DIR here")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -185,7 +185,7 @@ def hf_kind(hp: dict[str, Any]) -> str:
     """gpt2 or llama: the architecture that expresses these XLabModel settings, or an error naming
     the setting that neither can. document_mask exports: on one document (what generation
     reads) transformers computes what XLab does; zero_init is only where training started."""
-    for name, off in (("qk_norm", False), ("logit_softcap", None)):
+    for name, off in (("qk_norm", False), ("logit_softcap", None), ("value_embeddings", False)):
         if hp.get(name, off) != off:
             raise XLabError(f"{name}={hp[name]!r} cannot be exported: neither GPT-2 nor Llama in transformers has it "
                             f"(train with {name}: {'false' if off is False else 'null'} to export).")

@@ -46,6 +46,8 @@ class XLabModel(LanguageModel):
             Gemma 2 and the speedrun; None: no cap).
         zero_init: Start every block's output projection (attention's and the MLP's c_proj) at
             zero, so each block starts as the identity and learns its way in.
+        value_embeddings: Every layer adds a token embedding of its own to its attention values
+            (the speedrun's value embeddings; n_layer more embedding tables).
         document_mask: Attention stays inside each document of a packed window (a document starts
             at each sos token) and positions restart at each document (`documents.py`).
         learning_rate, weight_decay, betas, optimizer, muon_lr, muon_momentum, embedding_lr,
@@ -80,6 +82,7 @@ class XLabModel(LanguageModel):
         qk_norm: bool = False,
         logit_softcap: float | None = None,
         zero_init: bool = False,
+        value_embeddings: bool = False,
         document_mask: bool = False,
         init_from: str | None = None,
         **kwargs,
@@ -89,11 +92,12 @@ class XLabModel(LanguageModel):
             start = read_starting_point(init_from, type(self))
             # Rebinding the arguments before the base saves them: hparams hold the folder's values.
             (n_layer, n_head, n_embd, ffn_dim, positions, rope_base, norm, norm_position, activation, bias,
-             tie_weights, norm_eps, n_kv_head, qk_norm, logit_softcap) = architecture_of(start, type(self), dict(
+             tie_weights, norm_eps, n_kv_head, qk_norm, logit_softcap, value_embeddings) = architecture_of(
+                start, type(self), dict(
                 n_layer=n_layer, n_head=n_head, n_embd=n_embd, ffn_dim=ffn_dim, positions=positions,
                 rope_base=rope_base, norm=norm, norm_position=norm_position, activation=activation, bias=bias,
                 tie_weights=tie_weights, norm_eps=norm_eps, n_kv_head=n_kv_head, qk_norm=qk_norm,
-                logit_softcap=logit_softcap))
+                logit_softcap=logit_softcap, value_embeddings=value_embeddings))
         super().__init__(**kwargs)
         vocab_size, max_len = self.hparams.vocab_size, self.hparams.max_len
         if n_embd % n_head:
@@ -117,6 +121,9 @@ class XLabModel(LanguageModel):
             # Post-norm blocks end in a norm already; pre-norm needs one before the head.
             ln_f=make_norm(norm, n_embd, bias, norm_eps) if norm_position == "pre" else nn.Identity(),
         ))
+        if value_embeddings:
+            values = (n_kv_head or n_head) * (n_embd // n_head)
+            self.transformer["vte"] = nn.ModuleList(nn.Embedding(vocab_size, values) for _ in range(n_layer))
         if positions == "learned":
             self.transformer["wpe"] = nn.Embedding(max_len, n_embd)
         elif positions == "sinusoidal":
@@ -142,7 +149,8 @@ class XLabModel(LanguageModel):
             self.hparams.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd, ffn_dim=ffn_dim, positions=positions,
                                 rope_base=rope_base, norm=norm, norm_position=norm_position, activation=activation,
                                 bias=bias, tie_weights=tie_weights, norm_eps=norm_eps, n_kv_head=n_kv_head,
-                                qk_norm=qk_norm, logit_softcap=logit_softcap, init_from=None)
+                                qk_norm=qk_norm, logit_softcap=logit_softcap, value_embeddings=value_embeddings,
+                                init_from=None)
 
     def fsdp_units(self) -> set[type[nn.Module]]:
         return {Block}
@@ -175,10 +183,10 @@ class XLabModel(LanguageModel):
         T = x.shape[1]
         past = cache.length if cache is not None else 0
         positions = position_ids(x[..., 0], past, self.hparams.max_len, positions)
+        for setting in ("document_mask", "value_embeddings"):
+            if self.hparams.get(setting, False) and input_ids is None:
+                raise XLabError(f"{setting} reads the tokens: it cannot run on inputs_embeds; set model {setting} false.")
         if self.hparams.get("document_mask", False):
-            if input_ids is None:
-                raise XLabError("document_mask reads the documents' starts from input_ids: it cannot run on "
-                                "inputs_embeds; set model document_mask false.")
             positions, mask = document_layout(input_ids, self.hparams.sos_id, positions, cache)
             padding = attention_mask(T, past, padding_mask, x.device)
             mask = mask if padding is None else mask & padding
@@ -189,8 +197,9 @@ class XLabModel(LanguageModel):
         elif self.hparams.positions == "sinusoidal":
             x = x + self.sinusoids[positions]
         x = self.transformer.drop(x)
+        values = self.transformer["vte"] if "vte" in self.transformer else None
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, positions, mask, cache, layer)
+            x = block(x, positions, mask, cache, layer, None if values is None else values[layer](input_ids))
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.advance(T)
