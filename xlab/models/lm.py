@@ -14,8 +14,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
 import torch.nn.functional as F
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
@@ -265,8 +265,8 @@ class LanguageModel(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        trainer = self._trainer
-        if hp.get("optimizer", "adamw") == "muon" and trainer is not None and isinstance(trainer.strategy, FSDPStrategy):
+        sharded = self._trainer is not None and isinstance(self._trainer.strategy, FSDPStrategy)
+        if hp.get("optimizer", "adamw") == "muon" and sharded:
             raise XLabError("model optimizer=muon cannot run under FSDP, whose sharded parameters are not the 2-D "
                             "matrices Muon needs: use optimizer adamw, or strategy ddp.")
         fused = self.device.type == "cuda"
