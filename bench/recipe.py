@@ -13,9 +13,11 @@ For each size and corpus, trains on the same batches in the same order (same see
   (e) new + X    (c) with a switch it leaves out (value embeddings: more parameters, not only a method)
 and prints each row's final validation loss and bits per byte; for (b), (c) and (d) the fraction
 of the baseline's tokens at which the row's validation loss (measured every 1/10th of the run)
-first reaches the baseline's final one, and their median wall-clock per training step relative to
-the baseline's (Muon's orthogonalisation costs time: both are shown). The reference is the
-baseline row of the same process, same threads; `--quick` shrinks everything to a smoke size.
+first reaches the baseline's final one, and their wall-clock per training step relative to the
+baseline's (Muon's orthogonalisation costs time: both are shown). Step times are measured apart
+from training, every row in turn on the same batch for several rounds, medians, so a busy
+machine slows every row alike. The reference is the baseline row of the same process, same
+threads; `--quick` shrinks everything to a smoke size.
 The stdlib corpus is the running Python's standard library source (`kind: stdlib`).
 """
 
@@ -87,37 +89,59 @@ def evaluate(model, batches: list[dict]) -> tuple[float, float]:
     return nll / tokens, nll / num_bytes / math.log(2)
 
 
-def train(data, settings: dict, size: dict, steps: int, val: list[dict], seed: int = 0) -> dict:
-    """The model's own optimizer and schedule (`configure_optimizers`), gradients clipped at 1 as in
-    conf/defaults.yaml; validation loss every 1/10th of the run."""
+def build(data, settings: dict, size: dict, steps: int, seed: int = 0):
+    """The model with its own optimizer and schedule (`configure_optimizers`)."""
     torch.manual_seed(seed)
     shape = {k: size[k] for k in ("n_layer", "n_head", "n_embd", "max_len")}
     model = XLabModel(vocab_size=data.vocab_size, sos_id=data.sos_id, eos_id=data.eos_id, pad_id=data.pad_id,
                       warmup_steps=max(1, steps // 6), lr_decay_steps=steps, weight_decay=0.1, **shape, **settings)
     configured = model.configure_optimizers()
-    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    return model.train(), configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+
+
+def step(model, optimizer, scheduler, batch: dict) -> None:
+    """One training step, gradients clipped at 1 as in conf/defaults.yaml."""
+    loss, _ = model.loss_and_stats(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+
+
+def train(data, settings: dict, size: dict, steps: int, val: list[dict], seed: int = 0) -> dict:
+    """Validation loss and bpb after `steps`, and the validation loss every 1/10th of the run."""
+    model, optimizer, scheduler = build(data, settings, size, steps, seed)
     loader = DataLoader(data.blocks("train"), batch_size=size["batch"], shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     every = max(1, steps // 10)
-    done, times, curve = 0, [], []
-    model.train()
+    done, curve = 0, []
     while done < steps:
         for batch in loader:
-            start = time.perf_counter()
-            loss, _ = model.loss_and_stats(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            times.append(time.perf_counter() - start)
+            step(model, optimizer, scheduler, batch)
             done += 1
             if done % every == 0 or done == steps:
                 curve.append((done, evaluate(model, val)[0]))
             if done == steps:
                 break
     loss, bpb = evaluate(model, val)
-    return {"val_loss": loss, "bpb": bpb, "curve": curve, "step_s": statistics.median(times)}
+    return {"val_loss": loss, "bpb": bpb, "curve": curve}
+
+
+def step_times(data, table: dict[str, dict], size: dict, rounds: int = 3, steps: int = 5) -> dict[str, float]:
+    """Median seconds per training step of each row: rows take turns, `rounds` times, `steps` timed
+    steps each after one untimed one, all on the same batch."""
+    batch = next(iter(DataLoader(data.blocks("train"), batch_size=size["batch"])))
+    times: dict[str, list[float]] = {name: [] for name in table}
+    for _ in range(rounds):
+        for name, settings in table.items():
+            model, optimizer, scheduler = build(data, settings, size, 100)
+            step(model, optimizer, scheduler, batch)
+            for _ in range(steps):
+                start = time.perf_counter()
+                step(model, optimizer, scheduler, batch)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def first_reach(curve: list[tuple[int, float]], target: float, steps: int) -> float | None:
@@ -157,14 +181,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{size['max_len']}), corpus {corpus_name}: {steps} steps, {tokens:,} tokens\n", flush=True)
                 print("| row | val loss | bpb | tokens to baseline's loss | time per step vs baseline |")
                 print("|---|---|---|---|---|")
-                base = None
-                for name, settings in rows().items():
-                    result = train(data, settings, size, steps, val)
-                    base = base or result
+                table = rows()
+                results = {name: train(data, settings, size, steps, val) for name, settings in table.items()}
+                seconds = step_times(data, table, size)
+                base = results["(a) baseline"]
+                for name, result in results.items():
                     reach = first_reach(result["curve"], base["val_loss"], steps)
                     print(f"| {name} | {result['val_loss']:.3f} | {result['bpb']:.3f} | "
-                          f"{'-' if reach is None else f'{reach:.2f}x'} | {result['step_s'] / base['step_s']:.2f}x |",
-                          flush=True)
+                          f"{'-' if reach is None else f'{reach:.2f}x'} | "
+                          f"{seconds[name] / seconds['(a) baseline']:.2f}x |", flush=True)
     return 0
 
 
