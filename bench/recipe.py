@@ -2,7 +2,7 @@
 """The modern training recipe against a nanoGPT-style baseline, switch by switch.
 
     python bench/recipe.py [--quick] [--sizes default,4x] [--corpora embedded,stdlib] [--steps N]
-                           [--threads 1] [--cache-dir DIR]
+                           [--threads 1] [--cache-dir DIR] [--device cpu]
 
 For each size and corpus, trains on the same batches in the same order (same seed, same tokens):
   (a) baseline   nanoGPT-style: learned positions, LayerNorm, GELU, biases, tied head, AdamW 6e-4,
@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
 
+from bench.device import add_device_option, require_device, to_device  # noqa: E402
 from xlab.datamodules import XLabDataModule  # noqa: E402
 from xlab.models import XLabModel  # noqa: E402
 
@@ -82,26 +83,27 @@ def evaluate(model, batches: list[dict]) -> tuple[float, float]:
     model.eval()
     nll = tokens = num_bytes = 0.0
     for batch in batches:
-        _, stats = model.loss_and_stats(batch)
+        _, stats = model.loss_and_stats(to_device(batch, model.device))
         nll, tokens, num_bytes = nll + float(stats["nll_sum"]), tokens + float(stats["tokens"]), num_bytes + float(
             stats["num_bytes"])
     model.train()
     return nll / tokens, nll / num_bytes / math.log(2)
 
 
-def build(data, settings: dict, size: dict, steps: int, seed: int = 0):
-    """The model with its own optimizer and schedule (`configure_optimizers`)."""
+def build(data, settings: dict, size: dict, steps: int, device: str, seed: int = 0):
+    """The model on `device` with its own optimizer and schedule (`configure_optimizers`)."""
     torch.manual_seed(seed)
     shape = {k: size[k] for k in ("n_layer", "n_head", "n_embd", "max_len")}
     model = XLabModel(vocab_size=data.vocab_size, sos_id=data.sos_id, eos_id=data.eos_id, pad_id=data.pad_id,
                       warmup_steps=max(1, steps // 6), lr_decay_steps=steps, weight_decay=0.1, **shape, **settings)
+    model = model.to(device)
     configured = model.configure_optimizers()
     return model.train(), configured["optimizer"], configured["lr_scheduler"]["scheduler"]
 
 
 def step(model, optimizer, scheduler, batch: dict) -> None:
     """One training step, gradients clipped at 1 as in conf/defaults.yaml."""
-    loss, _ = model.loss_and_stats(batch)
+    loss, _ = model.loss_and_stats(to_device(batch, model.device))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -109,9 +111,9 @@ def step(model, optimizer, scheduler, batch: dict) -> None:
     scheduler.step()
 
 
-def train(data, settings: dict, size: dict, steps: int, val: list[dict], seed: int = 0) -> dict:
+def train(data, settings: dict, size: dict, steps: int, val: list[dict], device: str, seed: int = 0) -> dict:
     """Validation loss and bpb after `steps`, and the validation loss every 1/10th of the run."""
-    model, optimizer, scheduler = build(data, settings, size, steps, seed)
+    model, optimizer, scheduler = build(data, settings, size, steps, device, seed)
     loader = DataLoader(data.blocks("train"), batch_size=size["batch"], shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     every = max(1, steps // 10)
@@ -128,20 +130,28 @@ def train(data, settings: dict, size: dict, steps: int, val: list[dict], seed: i
     return {"val_loss": loss, "bpb": bpb, "curve": curve}
 
 
-def step_times(data, table: dict[str, dict], size: dict, rounds: int = 3, steps: int = 5) -> dict[str, float]:
+def step_times(data, table: dict[str, dict], size: dict, device: str, rounds: int = 3,
+               steps: int = 5) -> dict[str, float]:
     """Median seconds per training step of each row: rows take turns, `rounds` times, `steps` timed
     steps each after one untimed one, all on the same batch."""
     batch = next(iter(DataLoader(data.blocks("train"), batch_size=size["batch"])))
     times: dict[str, list[float]] = {name: [] for name in table}
     for _ in range(rounds):
         for name, settings in table.items():
-            model, optimizer, scheduler = build(data, settings, size, 100)
+            model, optimizer, scheduler = build(data, settings, size, 100, device)
             step(model, optimizer, scheduler, batch)
             for _ in range(steps):
+                synchronize(device)
                 start = time.perf_counter()
                 step(model, optimizer, scheduler, batch)
+                synchronize(device)
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def first_reach(curve: list[tuple[int, float]], target: float, steps: int) -> float | None:
@@ -163,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-documents", type=int, default=None, help="documents read per corpus")
     parser.add_argument("--val-batches", type=int, default=4, help="validation batches of 64 windows")
     parser.add_argument("--cache-dir", default=None, help="corpus cache root (default: a temporary folder)")
+    add_device_option(parser)
     args = parser.parse_args(argv)
+    require_device(args.device)
     torch.set_num_threads(args.threads)
     sizes = ["quick"] if args.quick else args.sizes.split(",")
     vocab = 1024 if args.quick else args.vocab_size
@@ -182,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("| row | val loss | bpb | tokens to baseline's loss | time per step vs baseline |")
                 print("|---|---|---|---|---|")
                 table = rows()
-                results = {name: train(data, settings, size, steps, val) for name, settings in table.items()}
-                seconds = step_times(data, table, size)
+                results = {name: train(data, settings, size, steps, val, args.device)
+                           for name, settings in table.items()}
+                seconds = step_times(data, table, size, args.device)
                 base = results["(a) baseline"]
                 for name, result in results.items():
                     reach = first_reach(result["curve"], base["val_loss"], steps)
