@@ -16,7 +16,7 @@ BENCHES = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in 
 
 def test_every_bench_is_covered():
     assert {"caption", "dialogue", "memory", "memory_text", "memory_recall", "finetune", "architectures",
-            "retro_ablation", "retrieval", "sampling", "train_throughput", "xlabml_compare"} <= set(BENCHES)
+            "retro_ablation", "retrieval", "sampling", "train_throughput", "xlabml_compare", "recipe"} <= set(BENCHES)
 
 
 @pytest.mark.parametrize("bench", BENCHES)

@@ -6,7 +6,6 @@ import torch
 
 from xlab.common.errors import XLabError
 from xlab.models import XLabModel
-from xlab.models.schedule import WarmupCosine
 
 SWITCHES = list(itertools.product(["learned", "sinusoidal", "rotary"], ["gelu", "swiglu"],
                                   ["layernorm", "rmsnorm"], ["pre", "post"]))
@@ -74,12 +73,6 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
     assert id(model.transformer.h[0].attn.c_attn.bias) not in decayed
     assert id(model.transformer.h[0].ln_1.weight) not in decayed
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-
-
-def test_warmup_then_cosine():
-    factor = WarmupCosine(10, 110, 0.1)
-    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
-    assert factor(60) == pytest.approx(0.55) and factor(110) == pytest.approx(0.1) and factor(500) == pytest.approx(0.1)
 
 
 def test_sequences_beyond_max_len_are_refused():
