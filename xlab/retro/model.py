@@ -246,6 +246,11 @@ class RetroModel(LanguageModel):
             (the paper's 6, 9, 12, ...), or the last layer of a shallower decoder.
         dropout, rope_base: Dropout everywhere; base of the rotary frequencies.
         force_database: Accept a retrieval database other than the one the checkpoint was trained with.
+        cca_zero_init: Start every CCA output projection at zero, so the untrained retrieval path adds
+            nothing and the model starts as its plain decoder (noise from neighbours would otherwise
+            hit the residual stream from step 0).
+        retrieval_lr_scale: Learning rate of the retrieval parts (encoder, its input projection and
+            every CCA) as a multiple of learning_rate.
         learning_rate, weight_decay, betas, warmup_steps, min_lr_ratio, lr_decay_steps: As XLabModel.
         compile: torch.compile the forward pass.
     """
@@ -262,6 +267,8 @@ class RetroModel(LanguageModel):
         dropout: float = 0.0,
         rope_base: float = 10000.0,
         force_database: bool = False,
+        cca_zero_init: bool = False,
+        retrieval_lr_scale: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -276,6 +283,8 @@ class RetroModel(LanguageModel):
             layers = list(range(5, n_layer, 3)) if n_layer > 5 else [n_layer - 1]
         if not layers or any(not 0 <= l < n_layer for l in layers):
             raise XLabError(f"dec_cross_attn_layers={layers} must be a non-empty list of layers in [0, {n_layer}).")
+        if retrieval_lr_scale <= 0:
+            raise XLabError(f"model retrieval_lr_scale={retrieval_lr_scale} must be positive.")
         self.cross_layers = sorted(set(layers))
         self.chunk_size = chunk_size
         rotary = Rotary(n_embd // n_head, max(max_len, 2 * chunk_size), rope_base)
@@ -294,6 +303,9 @@ class RetroModel(LanguageModel):
         self.encoder = nn.ModuleList(EncoderLayer(enc_dim, n_embd, n_head, dropout, enc_rotary) for _ in range(enc_depth))
         self.enc_ln = nn.RMSNorm(enc_dim)
         init_gpt2_weights(self, n_layer)
+        if cca_zero_init:
+            for l in self.cross_layers:
+                nn.init.zeros_(self.layers[l].cca.c_proj.weight)
         self.database = None  # set_database: for generation-time retrieval
         self.training_database = None  # the data module's, while a Trainer runs (`use_resource`)
         self.database_identity: dict | None = None  # of the database trained with (from the checkpoint)
@@ -360,6 +372,26 @@ class RetroModel(LanguageModel):
         if database is not None:
             check_database(self, database, force)
         self.database = database
+
+    # --- optimisation: the retrieval parts may learn at their own rate ------------------------
+    def retrieval_parameters(self) -> list[nn.Parameter]:
+        """What retrieval adds to the decoder: the encoder, its input projection and norm, every CCA."""
+        parts = [self.enc_in, self.encoder, self.enc_ln]
+        parts += [m for layer in self.layers if layer.cca is not None for m in (layer.ln_cca, layer.cca)]
+        return [p for part in parts for p in part.parameters()]
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        groups = super().parameter_groups(weight_decay)
+        scale = self.hparams.retrieval_lr_scale
+        if scale == 1.0:
+            return groups
+        mine = {id(p) for p in self.retrieval_parameters()}
+        split = []
+        for group in groups:
+            split.append({**group, "params": [p for p in group["params"] if id(p) not in mine]})
+            split.append({**group, "params": [p for p in group["params"] if id(p) in mine],
+                          "lr": self.hparams.learning_rate * scale})
+        return [g for g in split if g["params"]]
 
     # --- steps: pass the neighbours -----------------------------------------------------------
     def batch_logits(self, batch: dict[str, Tensor]) -> Tensor:
