@@ -68,6 +68,7 @@ class Setting:
 VARIANTS = {
     "before": {"dec_cross_attn_layers": [1, 3], "cca_zero_init": False, "retrieval_lr_scale": 1.0},
     "after": {"dec_cross_attn_layers": None, "cca_zero_init": True, "retrieval_lr_scale": 1.0},
+    "zero13x2": {"dec_cross_attn_layers": [1, 3], "cca_zero_init": True, "retrieval_lr_scale": 2.0},
 }
 
 
@@ -212,13 +213,14 @@ def new_model(s: Setting, dm: RetroDataModule, **overrides) -> RetroModel:
                       enc_depth=s.enc_depth, learning_rate=s.lr, **overrides)
 
 
-def training_rows(dm: RetroDataModule, s: Setting, variants: list[str]) -> dict[str, dict[str, float]]:
+def training_rows(dm: RetroDataModule, s: Setting, variants: list[str], plain: bool = True
+                  ) -> dict[str, dict[str, float]]:
     db, token_bytes = dm.database, dm.token_bytes
     train = RetroTrainDataset(db, token_bytes, "neighbours", s.k, s.seed)
     val_tokens = dm.tokens["val"][: s.val_blocks * s.max_len]
     val = RetroEvalDataset(val_tokens, s.max_len, token_bytes, db, "neighbours", s.k, s.seed)
     results = {}
-    for name in ["plain decoder", *variants]:
+    for name in ["plain decoder"] * plain + variants:
         overrides = VARIANTS.get(name, VARIANTS["before"])
         model = new_model(s, dm, **overrides)
         if name == "plain decoder":
@@ -245,7 +247,7 @@ def main() -> None:
     parser.add_argument("--variants", default="before,after", help=f"comma-separated, of {sorted(VARIANTS)}")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--cache", default=None, help="corpus cache (default: a temporary folder)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: recall,layers,training")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: recall,layers,plain,training")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     s = replace(Setting(), steps=args.steps, k=args.k, seed=args.seed)
@@ -269,8 +271,8 @@ def main() -> None:
                 print(f"  n_layer {depth:>2}: {model.cross_layers}")
         if "training" not in skip:
             print(f"training: validation loss after {s.steps} steps (nats per token)")
-            results = training_rows(dm, s, variants)
-            plain = results["plain decoder"]["off"]
+            results = training_rows(dm, s, variants, "plain" not in skip)
+            plain = results.get("plain decoder", {}).get("off", math.nan)
             for name in variants:
                 real = results[name]["real"]
                 print(f"  {name}: real neighbours vs plain decoder {real - plain:+.3f} nats, "
