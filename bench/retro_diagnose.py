@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
 
+from bench.device import add_device_option, require_device, to_device  # noqa: E402
 from xlab.common.tokenizer import PAD_ID  # noqa: E402
 from xlab.models.schedule import WarmupCosine  # noqa: E402
 from xlab.retro import RetroDataModule, RetroModel  # noqa: E402
@@ -147,7 +148,7 @@ def train_(model: RetroModel, dataset: Dataset, s: Setting) -> float:
     step, started = 0, time.time()
     while step < s.steps:
         for batch in DataLoader(dataset, batch_size=s.batch_size, shuffle=True, drop_last=True, generator=order):
-            loss, _ = model.loss_and_stats(batch)
+            loss, _ = model.loss_and_stats(to_device(batch, model.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -183,7 +184,7 @@ class CrossAttentionProbe:
             k, _ = cca.keys_values(context)
             N, Tq, _ = x.shape
             q = cca.q(x).view(N, Tq, cca.n_head, cca.head_dim).transpose(1, 2)
-            q = cca.rotary(q, torch.arange(Tq).expand(N, Tq))
+            q = cca.rotary(q, torch.arange(Tq, device=x.device).expand(N, Tq))
             weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(cca.head_dim), dim=-1)
             entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1).mean()
             self.stats[l]["entropy"].append(float(entropy / math.log(k.shape[2])))
@@ -201,7 +202,7 @@ def evaluate(model: RetroModel, dataset: Dataset) -> float:
     model.eval()
     nll, tokens = 0.0, 0
     for batch in DataLoader(dataset, batch_size=32):
-        _, stats = model.loss_and_stats(batch)
+        _, stats = model.loss_and_stats(to_device(batch, model.device))
         nll, tokens = nll + float(stats["nll_sum"]), tokens + int(stats["tokens"])
     return nll / tokens
 
@@ -213,7 +214,7 @@ def new_model(s: Setting, dm: RetroDataModule, **overrides) -> RetroModel:
                       enc_depth=s.enc_depth, learning_rate=s.lr, **overrides)
 
 
-def training_rows(dm: RetroDataModule, s: Setting, variants: list[str], plain: bool = True
+def training_rows(dm: RetroDataModule, s: Setting, variants: list[str], plain: bool = True, device: str = "cpu"
                   ) -> dict[str, dict[str, float]]:
     db, token_bytes = dm.database, dm.token_bytes
     train = RetroTrainDataset(db, token_bytes, "neighbours", s.k, s.seed)
@@ -222,7 +223,7 @@ def training_rows(dm: RetroDataModule, s: Setting, variants: list[str], plain: b
     results = {}
     for name in ["plain decoder"] * plain + variants:
         overrides = VARIANTS.get(name, VARIANTS["before"])
-        model = new_model(s, dm, **overrides)
+        model = new_model(s, dm, **overrides).to(device)
         if name == "plain decoder":
             per_step = train_(model, WithoutRetrieval(train), s)
             results[name] = {"off": evaluate(model, WithoutRetrieval(val))}
@@ -248,7 +249,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--cache", default=None, help="corpus cache (default: a temporary folder)")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: recall,layers,plain,training")
+    add_device_option(parser)
     args = parser.parse_args()
+    require_device(args.device)
     torch.set_num_threads(args.threads)
     s = replace(Setting(), steps=args.steps, k=args.k, seed=args.seed)
     variants = [v for v in args.variants.split(",") if v]
@@ -271,7 +274,7 @@ def main() -> None:
                 print(f"  n_layer {depth:>2}: {model.cross_layers}")
         if "training" not in skip:
             print(f"training: validation loss after {s.steps} steps (nats per token)")
-            results = training_rows(dm, s, variants, "plain" not in skip)
+            results = training_rows(dm, s, variants, "plain" not in skip, args.device)
             plain = results.get("plain decoder", {}).get("off", math.nan)
             for name in variants:
                 real = results[name]["real"]
