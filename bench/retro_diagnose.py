@@ -70,6 +70,7 @@ VARIANTS = {
     "before": {"dec_cross_attn_layers": [1, 3], "cca_zero_init": False, "retrieval_lr_scale": 1.0},
     "after": {"dec_cross_attn_layers": None, "cca_zero_init": True, "retrieval_lr_scale": 1.0},
     "zero13x2": {"dec_cross_attn_layers": [1, 3], "cca_zero_init": True, "retrieval_lr_scale": 2.0},
+    "zero13x5": {"dec_cross_attn_layers": [1, 3], "cca_zero_init": True, "retrieval_lr_scale": 5.0},
 }
 
 
