@@ -71,6 +71,10 @@ VARIANTS = {
     "after": {"dec_cross_attn_layers": None, "cca_zero_init": True, "retrieval_lr_scale": 1.0},
     "zero13x2": {"dec_cross_attn_layers": [1, 3], "cca_zero_init": True, "retrieval_lr_scale": 2.0},
     "zero13x5": {"dec_cross_attn_layers": [1, 3], "cca_zero_init": True, "retrieval_lr_scale": 5.0},
+    "apart13x2": {"dec_cross_attn_layers": [1, 3], "cca_zero_init": True, "retrieval_lr_scale": 2.0,
+                  "clip_retrieval_apart": True},
+    "apart3x1": {"dec_cross_attn_layers": None, "cca_zero_init": True, "retrieval_lr_scale": 1.0,
+                 "clip_retrieval_apart": True},
 }
 
 
@@ -152,7 +156,7 @@ def train_(model: RetroModel, dataset: Dataset, s: Setting) -> float:
             loss, _ = model.loss_and_stats(to_device(batch, model.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            model.clip_gradients_(1.0)
             optimizer.step()
             schedule.step()
             step += 1

@@ -251,6 +251,9 @@ class RetroModel(LanguageModel):
             hit the residual stream from step 0).
         retrieval_lr_scale: Learning rate of the retrieval parts (encoder, its input projection and
             every CCA) as a multiple of learning_rate.
+        clip_retrieval_apart: Clip the gradient norms of the retrieval parts and of the decoder
+            apart (gradient_clip_val each), so large early gradients of the untrained retrieval
+            path do not shrink the decoder's updates through one global norm.
         learning_rate, weight_decay, betas, warmup_steps, min_lr_ratio, lr_decay_steps: As XLabModel.
         compile: torch.compile the forward pass.
     """
@@ -269,6 +272,7 @@ class RetroModel(LanguageModel):
         force_database: bool = False,
         cca_zero_init: bool = False,
         retrieval_lr_scale: float = 1.0,
+        clip_retrieval_apart: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -392,6 +396,22 @@ class RetroModel(LanguageModel):
             split.append({**group, "params": [p for p in group["params"] if id(p) in mine],
                           "lr": self.hparams.learning_rate * scale})
         return [g for g in split if g["params"]]
+
+    def clip_gradients_(self, max_norm: float) -> None:
+        """Clip in place: one global norm, or the retrieval parts and the decoder apart."""
+        params = [p for p in self.parameters() if p.grad is not None]
+        if not self.hparams.clip_retrieval_apart:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            return
+        mine = {id(p) for p in self.retrieval_parameters()}
+        for part in ([p for p in params if id(p) not in mine], [p for p in params if id(p) in mine]):
+            if part:
+                torch.nn.utils.clip_grad_norm_(part, max_norm)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if not self.hparams.clip_retrieval_apart or not gradient_clip_val or gradient_clip_algorithm not in (None, "norm"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        self.clip_gradients_(gradient_clip_val)
 
     # --- steps: pass the neighbours -----------------------------------------------------------
     def batch_logits(self, batch: dict[str, Tensor]) -> Tensor:
