@@ -36,3 +36,18 @@ def test_retrieval_parts_get_their_own_learning_rate():
     assert len(tiny_model().parameter_groups(0.1)) == 2  # scale 1: the base groups, unchanged
     with pytest.raises(XLabError, match="retrieval_lr_scale"):
         tiny_model(retrieval_lr_scale=0.0)
+
+
+def test_clipping_apart_keeps_the_decoder_update_of_its_own_norm():
+    ids, retrieved = torch.randint(4, 60, (2, 16)), torch.randint(4, 60, (2, 4, 2, 8))
+    norms = {}
+    for apart in (False, True):
+        model = tiny_model(clip_retrieval_apart=apart).train()
+        (model(ids, retrieved).logsumexp(-1).mean() * 100).backward()
+        mine = {id(p) for p in model.retrieval_parameters()}
+        model.clip_gradients_(1.0)
+        parts = ([p.grad for p in model.parameters() if id(p) not in mine and p.grad is not None],
+                 [p.grad for p in model.parameters() if id(p) in mine and p.grad is not None])
+        norms[apart] = [float(torch.linalg.vector_norm(torch.stack([g.norm() for g in part]))) for part in parts]
+    assert sum(n ** 2 for n in norms[False]) == pytest.approx(1.0, rel=1e-4)  # one global norm of 1
+    assert norms[True] == pytest.approx([1.0, 1.0], rel=1e-4)  # each part clipped to 1 on its own
