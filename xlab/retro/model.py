@@ -36,6 +36,7 @@ from xlab.models.blocks import (MLP, CausalSelfAttention, KVCache, Rotary, atten
                                 position_ids)
 from xlab.models.lm import LanguageModel
 from xlab.retro.database import RetrievalDatabase
+from xlab.retro.training import RetrievalTraining
 
 
 class CrossAttention(nn.Module):
@@ -233,7 +234,7 @@ class DecodingNeighbours:
             cache.encoded[chunk] = encoded[:, i]
 
 
-class RetroModel(LanguageModel):
+class RetroModel(RetrievalTraining, LanguageModel):
     """RETRO: decoder with chunked cross-attention to an encoder over retrieved neighbours.
 
     Args:
@@ -376,42 +377,6 @@ class RetroModel(LanguageModel):
         if database is not None:
             check_database(self, database, force)
         self.database = database
-
-    # --- optimisation: the retrieval parts may learn at their own rate ------------------------
-    def retrieval_parameters(self) -> list[nn.Parameter]:
-        """What retrieval adds to the decoder: the encoder, its input projection and norm, every CCA."""
-        parts = [self.enc_in, self.encoder, self.enc_ln]
-        parts += [m for layer in self.layers if layer.cca is not None for m in (layer.ln_cca, layer.cca)]
-        return [p for part in parts for p in part.parameters()]
-
-    def parameter_groups(self, weight_decay: float) -> list[dict]:
-        groups = super().parameter_groups(weight_decay)
-        scale = self.hparams.retrieval_lr_scale
-        if scale == 1.0:
-            return groups
-        mine = {id(p) for p in self.retrieval_parameters()}
-        split = []
-        for group in groups:
-            split.append({**group, "params": [p for p in group["params"] if id(p) not in mine]})
-            split.append({**group, "params": [p for p in group["params"] if id(p) in mine],
-                          "lr": self.hparams.learning_rate * scale})
-        return [g for g in split if g["params"]]
-
-    def clip_gradients_(self, max_norm: float) -> None:
-        """Clip in place: one global norm, or the retrieval parts and the decoder apart."""
-        params = [p for p in self.parameters() if p.grad is not None]
-        if not self.hparams.clip_retrieval_apart:
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
-            return
-        mine = {id(p) for p in self.retrieval_parameters()}
-        for part in ([p for p in params if id(p) not in mine], [p for p in params if id(p) in mine]):
-            if part:
-                torch.nn.utils.clip_grad_norm_(part, max_norm)
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        if not self.hparams.clip_retrieval_apart or not gradient_clip_val or gradient_clip_algorithm not in (None, "norm"):
-            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        self.clip_gradients_(gradient_clip_val)
 
     # --- steps: pass the neighbours -----------------------------------------------------------
     def batch_logits(self, batch: dict[str, Tensor]) -> Tensor:
