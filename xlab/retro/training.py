@@ -33,7 +33,7 @@ class RetrievalTraining:
         for group in groups:
             split.append({**group, "params": [p for p in group["params"] if id(p) not in mine]})
             split.append({**group, "params": [p for p in group["params"] if id(p) in mine],
-                          "lr": self.hparams.learning_rate * scale})
+                          "lr": group["lr"] * scale})  # the rate of its role (Muon's, AdamW's), scaled
         return [g for g in split if g["params"]]
 
     def clip_gradients_(self, max_norm: float) -> None:
