@@ -76,9 +76,10 @@ def shrunk_fit(args: list[str]) -> list[str]:
         return [*args, *shape, "--data.init_args.eval_batch_size", "16"]
     args += [*shape, "--model.init_args.max_len", "16", "--model.init_args.compile", "false",
              "--data.init_args.vocab_size", "400"]
-    if "chunk_size" in model:  # RETRO: chunks that fit the context, cross-attention in the one layer
+    if "chunk_size" in model:  # RETRO: chunks that fit the context, cross-attention in the one layer, a small database
         args += ["--model.init_args.chunk_size", "4", "--data.init_args.chunk_size", "4",
-                 "--model.init_args.dec_cross_attn_layers", "null"]
+                 "--model.init_args.dec_cross_attn_layers", "null", "--data.init_args.max_documents", "12",
+                 "--data.init_args.split_fractions", "[0.5, 0.2, 0.2, 0.1]"]
     if "episodes" in data:
         args += ["--data.init_args.eval_examples", "4", "--data.init_args.candidates", "4",
                  "--data.init_args.reply_tokens", "4"]
@@ -130,7 +131,7 @@ def test_every_runnable_block_runs(doc, workspace, monkeypatch):
             for words in command_lines(body):
                 started = time.process_time()
                 run(words, env)
-                print(f"docs: {time.process_time() - started:.1f} s CPU: {' '.join(words)[:100]}", file=sys.__stderr__)
+                print(f"docs: {time.process_time() - started:.1f} s CPU: {' '.join(words)[:100]}")  # shown on failure
         else:
             exec(compile(body, f"{doc.name} python block", "exec"), {"__name__": "docs"})
 
