@@ -277,8 +277,8 @@ def main() -> None:
         if "training" not in skip:
             print(f"training: validation loss after {s.steps} steps (nats per token)")
             results = training_rows(dm, s, variants, "plain" not in skip, args.device)
-            plain = results.get("plain decoder", {}).get("off", math.nan)
-            for name in variants:
+            plain = results.get("plain decoder", {}).get("off")
+            for name in variants if plain is not None else []:
                 real = results[name]["real"]
                 print(f"  {name}: real neighbours vs plain decoder {real - plain:+.3f} nats, "
                       f"perplexity {100 * (math.exp(real - plain) - 1):+.1f}%")
