@@ -1,7 +1,7 @@
 """bench/caption.py --small: the image matters (CIDEr-D well above the blank-image decoder), the
 style matters (the asked-for style is read back far above chance), and the SCST stage raises the
 cross-entropy model's test CIDEr-D (208 test images). At seeds 0-4 it rose by 0.1% to 2.7%
-(README, Captions); this test runs seed 3, measured at +2.7%, and asserts +1%."""
+(docs/captions.md); this test runs seed 3, measured at +2.7%, and asserts +1%."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Exports and loading (`xlab.interop.export`): round trips, safety, model-kind checks and bad input, on a
-checkpoint written by a real Lightning Trainer; and the README's Python API block, read from README.md."""
+checkpoint written by a real Lightning Trainer; and the Python API block of docs/sampling.md, read from the file."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from xlab.models.registry import model_class
 
 
 def readme_python_api() -> str:
-    """The code block under README.md's "## Python API" heading."""
-    readme = (ROOT / "README.md").read_text()
+    """The code block under docs/sampling.md's "## Python API" heading."""
+    readme = (ROOT / "docs" / "sampling.md").read_text()
     section = readme.split("\n## Python API\n", 1)[1]
     return section.split("```python\n", 1)[1].split("\n```", 1)[0]
 
@@ -30,7 +30,7 @@ def assert_same_state(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
-def test_readme_python_api_runs_as_written(tiny_checkpoint):
+def test_the_documented_python_api_runs_as_written(tiny_checkpoint):
     code = readme_python_api()
     # The one line a reader edits: the block's own checkpoint path becomes the test's.
     setting = next(line for line in code.splitlines() if line.startswith("ckpt, device, prompt, limit = "))
@@ -39,7 +39,7 @@ def test_readme_python_api_runs_as_written(tiny_checkpoint):
     assert code.count("outputs = inference.sample(") == 1
     code = code.replace("outputs = inference.sample(", "torch.manual_seed(7)\noutputs = inference.sample(")
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/sampling.md", "exec"), namespace)
     text, outputs, tokenizer = namespace["text"], namespace["outputs"], namespace["tokenizer"]
     # The same request through `load`, drawing the same random numbers: the same tokens, token for token.
     from xlab import inference

@@ -97,6 +97,11 @@ class CaptionModel(XLabModel):
         if "init_from" in kwargs:  # XLabModel's one name for both would blur them
             raise XLabError("CaptionModel has no init_from: a pretrained decoder folder is decoder_from, a "
                             "CaptionModel checkpoint to start from (the SCST stage) is start_checkpoint.")
+        if kwargs.get("document_mask"):  # its decoder reads embeddings (the image prefix), not tokens
+            raise XLabError("CaptionModel has no document_mask: each of its windows holds one caption; set it false.")
+        if kwargs.get("value_embeddings"):
+            raise XLabError("CaptionModel has no value_embeddings: its decoder reads the image prefix as embeddings, "
+                            "which have no tokens to look up; set it false.")
         super().__init__(init_from=decoder_from, **kwargs)
         # The decoder's weights now live in this model's checkpoints: rebuilding needs no folder.
         self.hparams.pop("init_from", None)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 NormKind = Literal["layernorm", "rmsnorm"]
-Activation = Literal["gelu", "swiglu"]
+Activation = Literal["gelu", "swiglu", "relu2"]
 
 
 def make_norm(kind: NormKind, dim: int, bias: bool, eps: float = 1e-5) -> nn.Module:
@@ -36,6 +36,10 @@ class KVCache:
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
+        # For document masking (`documents.py`): each cached position's document, and the position
+        # each row's current document started at (what its positions count from).
+        self.documents = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
+        self.document_start = torch.zeros(batch_size, dtype=torch.long, device=device)
 
     @property
     def max_len(self) -> int:
@@ -62,6 +66,8 @@ class KVCache:
         filled = slice(0, self.length)
         self.k[:, :, :, filled] = self.k[:, :, :, filled].index_select(1, index)
         self.v[:, :, :, filled] = self.v[:, :, :, filled].index_select(1, index)
+        self.documents[:, filled] = self.documents[:, filled].index_select(0, index)
+        self.document_start = self.document_start.index_select(0, index)
 
     def reset(self) -> None:
         self.length = 0
@@ -111,10 +117,14 @@ def sinusoidal_table(max_len: int, dim: int) -> Tensor:
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal attention; with `n_kv_head` < n_head, grouped-query attention (Llama 2/3):
-    each key/value head serves n_head / n_kv_head query heads, and the cache holds only those."""
+    each key/value head serves n_head / n_kv_head query heads, and the cache holds only those.
+
+    `qk_norm` puts an RMS norm (per head, learned gain, as OLMo 2 and Qwen 3) on queries and keys
+    before the rotary: attention logits stay bounded however large the projections grow, which
+    lets a model train at higher learning rates without its attention saturating."""
 
     def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, rotary: Rotary | None = None,
-                 n_kv_head: int | None = None):
+                 n_kv_head: int | None = None, qk_norm: bool = False, norm_eps: float = 1e-5):
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
@@ -127,13 +137,23 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
         self.dropout = dropout
         self.rotary = rotary
+        if qk_norm:
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=norm_eps)
+        self.qk_norm = qk_norm
 
-    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int,
+                value_embed: Tensor | None = None) -> Tensor:
+        """`value_embed` (B, T, n_kv_head * hs), when given, is added to the values (value embeddings)."""
         B, T, C = x.shape
         kv = self.n_kv_head * self.head_dim
         q, k, v = self.c_attn(x).split([C, kv, kv], dim=2)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k, v = (t.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2) for t in (k, v))  # (B, nkv, T, hs)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if value_embed is not None:
+            v = v + value_embed.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if self.rotary is not None:
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is not None:
@@ -162,6 +182,8 @@ class MLP(nn.Module):
         if self.activation == "swiglu":
             gate, value = h.chunk(2, dim=-1)
             h = F.silu(gate) * value
+        elif self.activation == "relu2":
+            h = F.relu(h).square()  # the speedrun's: as good as SwiGLU at one matmul less
         else:
             h = F.gelu(h, approximate="tanh")  # GPT-2's GELU, needed for weight parity
         return self.dropout(self.c_proj(h))
@@ -170,19 +192,20 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, n_embd: int, n_head: int, ffn_dim: int, dropout: float, bias: bool, norm: NormKind,
                  norm_position: Literal["pre", "post"], activation: Activation, rotary: Rotary | None,
-                 norm_eps: float = 1e-5, n_kv_head: int | None = None):
+                 norm_eps: float = 1e-5, n_kv_head: int | None = None, qk_norm: bool = False):
         super().__init__()
         self.pre_norm = norm_position == "pre"
         self.ln_1 = make_norm(norm, n_embd, bias, norm_eps)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, rotary, n_kv_head)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, rotary, n_kv_head, qk_norm, norm_eps)
         self.ln_2 = make_norm(norm, n_embd, bias, norm_eps)
         self.mlp = MLP(n_embd, ffn_dim, activation, dropout, bias)
 
-    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int,
+                value_embed: Tensor | None = None) -> Tensor:
         if self.pre_norm:
-            x = x + self.attn(self.ln_1(x), positions, mask, cache, layer)
+            x = x + self.attn(self.ln_1(x), positions, mask, cache, layer, value_embed)
             return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x, positions, mask, cache, layer))
+        x = self.ln_1(x + self.attn(x, positions, mask, cache, layer, value_embed))
         return self.ln_2(x + self.mlp(x))
 
 

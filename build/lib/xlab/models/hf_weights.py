@@ -31,6 +31,8 @@ CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 SUPPORTED = ("gpt2", "llama")
+# XLabModel's switches that neither architecture has: off in a model read from either.
+NO_XLAB_SWITCHES = dict(qk_norm=False, logit_softcap=None, value_embeddings=False)
 SAVE_HINT = ("on a machine with network access run `AutoModelForCausalLM.from_pretrained(NAME)"
              ".save_pretrained(DIR)` (and the same with AutoTokenizer) and copy DIR here")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -99,7 +101,7 @@ def _gpt2_settings(c: dict[str, Any], source: str) -> dict[str, Any]:
                 n_head=c["n_head"], n_embd=c["n_embd"], ffn_dim=c.get("n_inner") or 4 * c["n_embd"],
                 positions="learned", rope_base=10000.0, norm="layernorm", norm_position="pre", activation="gelu",
                 bias=True, tie_weights=bool(c.get("tie_word_embeddings", True)),
-                norm_eps=float(c.get("layer_norm_epsilon", 1e-5)), n_kv_head=None)
+                norm_eps=float(c.get("layer_norm_epsilon", 1e-5)), n_kv_head=None, **NO_XLAB_SWITCHES)
 
 
 def _llama_settings(c: dict[str, Any], source: str) -> dict[str, Any]:
@@ -122,7 +124,7 @@ def _llama_settings(c: dict[str, Any], source: str) -> dict[str, Any]:
                 rope_base=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))), norm="rmsnorm",
                 norm_position="pre", activation="swiglu", bias=bool(c.get("attention_bias", False)),
                 tie_weights=bool(c.get("tie_word_embeddings", False)), norm_eps=float(c.get("rms_norm_eps", 1e-6)),
-                n_kv_head=_kv_heads(c.get("num_key_value_heads"), heads))
+                n_kv_head=_kv_heads(c.get("num_key_value_heads"), heads), **NO_XLAB_SWITCHES)
 
 
 def _kv_heads(kv: int | None, heads: int) -> int | None:
@@ -181,7 +183,12 @@ def _llama_to_xlab(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, to
 # --- XLab -> Hugging Face ---------------------------------------------------------------------------
 def hf_kind(hp: dict[str, Any]) -> str:
     """gpt2 or llama: the architecture that expresses these XLabModel settings, or an error naming
-    the setting that neither can."""
+    the setting that neither can. document_mask exports: on one document (what generation
+    reads) transformers computes what XLab does; zero_init is only where training started."""
+    for name, off in (("qk_norm", False), ("logit_softcap", None), ("value_embeddings", False)):
+        if hp.get(name, off) != off:
+            raise XLabError(f"{name}={hp[name]!r} cannot be exported: neither GPT-2 nor Llama in transformers has it "
+                            f"(train with {name}: {'false' if off is False else 'null'} to export).")
     gpt2 = dict(positions="learned", norm="layernorm", activation="gelu", bias=True)
     llama = dict(positions="rotary", norm="rmsnorm", activation="swiglu")
     if hp.get("norm_position", "pre") != "pre":

@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
@@ -24,22 +25,32 @@ from xlab.common.errors import XLabError
 from xlab.common.tokenizer import IGNORE_INDEX
 from xlab.models.loss import token_stats
 from xlab.models.metrics import LanguageModelMetrics
-from xlab.models.schedule import Extension, WarmupCosine
+from xlab.models.optimizers import OptimizerKind, build_optimizer, parameter_groups
+from xlab.models.schedule import Extension, ScheduleKind, WarmupSchedule, make_schedule
 
 STAGES = ("train", "val", "test")
 
 
 class LanguageModel(L.LightningModule):
-    """Base class: next-token loss, corpus-level metrics per split, AdamW with warmup + cosine.
+    """Base class: next-token loss, corpus-level metrics per split, AdamW or Muon with a warmup schedule.
 
     Args:
         vocab_size: Tokens in the vocabulary (linked from the data module).
         sos_id, eos_id, pad_id: Special token ids (linked from the data module).
         max_len: Context length in tokens (linked into the data module's block size).
         learning_rate, weight_decay, betas: AdamW; no decay on norms, biases and embeddings.
-        warmup_steps, min_lr_ratio, lr_decay_steps: Linear warmup, then cosine down to
-            min_lr_ratio * learning_rate at lr_decay_steps (default: the run's total steps). The
-            checkpoint keeps that horizon: a resumed run continues it exactly.
+        optimizer: adamw (every parameter) or muon (torch.optim.Muon for the hidden 2-D weights,
+            AdamW for embeddings, the output head, norms, biases and scalars; see `optimizers.py`).
+        muon_lr, muon_momentum: Muon's peak rate (None: learning_rate; its steps are scaled to
+            AdamW's size) and momentum (Nesterov).
+        embedding_lr, head_lr: Peak rates of the token (and position) embeddings and of an untied
+            output head (None: learning_rate).
+        warmup_steps, min_lr_ratio, lr_decay_steps: Linear warmup, then down to min_lr_ratio *
+            the peak at lr_decay_steps (default: the run's total steps). The checkpoint keeps that
+            horizon: a resumed run continues it exactly.
+        lr_schedule: cosine (decay from the end of warmup) or trapezoid (the peak held, then a
+            linear cooldown over the last cooldown_fraction of the steps after warmup).
+        cooldown_fraction: The trapezoid's cooldown, as a fraction of the steps after warmup.
         lr_extension: A run resumed with more steps than its schedule reaches: keep the rate it
             ended on (keep), or warm up again and decay to the new end (rewarm); either is announced.
         compile: Run the model's network and its loss through torch.compile (see `compile_target`).
@@ -67,12 +78,21 @@ class LanguageModel(L.LightningModule):
         compile: bool = False,
         added_tokens: int = 0,
         tf32: bool = True,
+        optimizer: OptimizerKind = "adamw",
+        muon_lr: float | None = None,
+        muon_momentum: float = 0.95,
+        embedding_lr: float | None = None,
+        head_lr: float | None = None,
+        lr_schedule: ScheduleKind = "cosine",
+        cooldown_fraction: float = 0.2,
     ):
         super().__init__()
         # Collects the arguments of every __init__ in the chain, the subclass's included.
         self.save_hyperparameters()
         if max_len < 1:
             raise XLabError(f"model max_len={max_len} must be positive.")
+        if not 0 <= cooldown_fraction <= 1:
+            raise XLabError(f"model cooldown_fraction={cooldown_fraction} must be between 0 and 1.")
         # Keys carry a suffix: a ModuleDict key "train" would shadow nn.Module.train().
         self.metrics = nn.ModuleDict({f"{stage}_metrics": LanguageModelMetrics() for stage in STAGES})
         # Accuracy on answer tokens, for data that marks them (the recall task's `answer_mask`).
@@ -233,22 +253,27 @@ class LanguageModel(L.LightningModule):
                         "equivalent.")
 
     # --- optimisation -----------------------------------------------------------------------
+    def output_head(self) -> nn.Module | None:
+        """The layer that maps the last hidden state to the vocabulary (its own learning rate when
+        untied; never Muon's); `lm_head` in XLab's models."""
+        return getattr(self, "lm_head", None)
+
     def parameter_groups(self, weight_decay: float) -> list[dict]:
-        """Decay matrices only: norms, biases and embeddings keep their scale (GPT-2 / nanoGPT)."""
-        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
-        decay, no_decay = [], []
-        for param in self.parameters():
-            if not param.requires_grad:
-                continue
-            (decay if param.dim() >= 2 and id(param) not in embeddings else no_decay).append(param)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        """Every trainable parameter once, in groups with their optimizer, rate and decay
+        (`optimizers.parameter_groups`); models with parameters that need other rates override."""
+        return parameter_groups(self, self.output_head(), self.hparams, weight_decay)
 
     def configure_optimizers(self):
         hp = self.hparams
+        sharded = self._trainer is not None and isinstance(self._trainer.strategy, FSDPStrategy)
+        if hp.get("optimizer", "adamw") == "muon" and sharded:
+            raise XLabError("model optimizer=muon cannot run under FSDP, whose sharded parameters are not the 2-D "
+                            "matrices Muon needs: use optimizer adamw, or strategy ddp.")
         fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(self.parameter_groups(hp.weight_decay), lr=hp.learning_rate,
-                                      betas=tuple(hp.betas), fused=fused)
-        schedule = WarmupCosine(hp.warmup_steps, self._schedule_horizon(), hp.min_lr_ratio)
+        optimizer = build_optimizer(self.parameter_groups(hp.weight_decay), tuple(hp.betas),
+                                    hp.get("muon_momentum", 0.95), fused)
+        schedule = make_schedule(hp.get("lr_schedule", "cosine"), hp.warmup_steps, self._schedule_horizon(),
+                                 hp.min_lr_ratio, hp.get("cooldown_fraction", 0.2))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -262,7 +287,7 @@ class LanguageModel(L.LightningModule):
         scheduler = schedulers[0] if isinstance(schedulers, list) else schedulers
         schedule = getattr(scheduler, "lr_lambdas", [None])[0]
         planned = self._schedule_horizon()
-        if self.global_step == 0 or not isinstance(schedule, WarmupCosine) or planned <= schedule.total_steps:
+        if self.global_step == 0 or not isinstance(schedule, WarmupSchedule) or planned <= schedule.total_steps:
             return
         notice = schedule.extend_(self.global_step, planned, self.hparams.get("lr_extension", "keep"))
         for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):

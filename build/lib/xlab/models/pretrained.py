@@ -25,7 +25,8 @@ from xlab.common.export_format import WEIGHTS, is_export, read_export_config, re
 from xlab.models.hf_weights import read_hf_config, read_hf_weights, xlab_settings_from_hf, xlab_state_from_hf
 
 ARCHITECTURE = ("n_layer", "n_head", "n_embd", "ffn_dim", "positions", "rope_base", "norm", "norm_position",
-                "activation", "bias", "tie_weights", "norm_eps", "n_kv_head")
+                "activation", "bias", "tie_weights", "norm_eps", "n_kv_head", "qk_norm", "logit_softcap",
+                "value_embeddings")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from xlab.common.errors import XLabError
 from xlab.models.blocks import (INIT_STD, Activation, Block, KVCache, NormKind, Rotary, attention_mask,
                                 init_gpt2_weights, make_norm, position_ids, sinusoidal_table)
 from xlab.models.decode_head import DecodeHead
+from xlab.models.documents import document_layout
 from xlab.models.hf_weights import hf_config_from_xlab, hf_state_from_xlab
 from xlab.models.lm import LanguageModel
 from xlab.models.pretrained import architecture_of, load_starting_weights, read_starting_point
@@ -31,18 +32,29 @@ class XLabModel(LanguageModel):
         max_len: Context length in tokens (linked into the data module's block size).
         n_layer, n_head, n_embd: Depth, attention heads, width.
         n_kv_head: Key/value heads; fewer than n_head is grouped-query attention (None: n_head).
-        ffn_dim: Hidden width of the MLP; default 4 * n_embd (GELU) or ~8/3 * n_embd (SwiGLU).
+        ffn_dim: Hidden width of the MLP; default 4 * n_embd (GELU, ReLU²) or ~8/3 * n_embd (SwiGLU).
         dropout: Dropout on attention weights, residual branches and embeddings.
         positions: learned (GPT-2), sinusoidal (original Transformer) or rotary (RoPE).
         rope_base: Base of the rotary frequencies.
         norm: layernorm or rmsnorm; norm_position: pre (GPT-2) or post (original Transformer).
         norm_eps: The norms' epsilon (1e-5 as GPT-2; Llama folders often say 1e-6).
-        activation: gelu or swiglu.
+        activation: gelu, swiglu or relu2 (ReLU squared, the GPT-2 speedrun's).
         bias: Biases in linear layers and LayerNorm.
         tie_weights: Share the token embedding with the output head.
-        learning_rate, weight_decay, betas: AdamW; no decay on norms, biases and embeddings.
-        warmup_steps, min_lr_ratio, lr_decay_steps: Linear warmup, then cosine down to
-            min_lr_ratio * learning_rate at lr_decay_steps (default: the run's total steps).
+        qk_norm: RMS-normalise queries and keys (per head, learned gain) before the rotary.
+        logit_softcap: Cap the logits smoothly at +-this value (cap * tanh(logits / cap), as
+            Gemma 2 and the speedrun; None: no cap).
+        zero_init: Start every block's output projection (attention's and the MLP's c_proj) at
+            zero, so each block starts as the identity and learns its way in.
+        value_embeddings: Every layer adds a token embedding of its own to its attention values
+            (the speedrun's value embeddings; n_layer more embedding tables).
+        document_mask: Attention stays inside each document of a packed window (a document starts
+            at each sos token) and positions restart at each document (`documents.py`).
+        learning_rate, weight_decay, betas, optimizer, muon_lr, muon_momentum, embedding_lr,
+            head_lr: AdamW, or Muon on the hidden matrices; see LanguageModel.
+        warmup_steps, min_lr_ratio, lr_decay_steps, lr_schedule, cooldown_fraction: Linear
+            warmup, then cosine (or the trapezoid's flat top and linear cooldown) down to
+            min_lr_ratio * the peak at lr_decay_steps (default: the run's total steps).
         compile: Run the forward pass through torch.compile.
         init_from: Start from pretrained weights: an XLab export folder or a local Hugging Face
             GPT-2 or Llama folder (save_pretrained). The architecture is read from the folder;
@@ -67,6 +79,11 @@ class XLabModel(LanguageModel):
         tie_weights: bool = True,
         norm_eps: float = 1e-5,
         n_kv_head: int | None = None,
+        qk_norm: bool = False,
+        logit_softcap: float | None = None,
+        zero_init: bool = False,
+        value_embeddings: bool = False,
+        document_mask: bool = False,
         init_from: str | None = None,
         **kwargs,
     ):
@@ -75,10 +92,12 @@ class XLabModel(LanguageModel):
             start = read_starting_point(init_from, type(self))
             # Rebinding the arguments before the base saves them: hparams hold the folder's values.
             (n_layer, n_head, n_embd, ffn_dim, positions, rope_base, norm, norm_position, activation, bias,
-             tie_weights, norm_eps, n_kv_head) = architecture_of(start, type(self), dict(
+             tie_weights, norm_eps, n_kv_head, qk_norm, logit_softcap, value_embeddings) = architecture_of(
+                start, type(self), dict(
                 n_layer=n_layer, n_head=n_head, n_embd=n_embd, ffn_dim=ffn_dim, positions=positions,
                 rope_base=rope_base, norm=norm, norm_position=norm_position, activation=activation, bias=bias,
-                tie_weights=tie_weights, norm_eps=norm_eps, n_kv_head=n_kv_head))
+                tie_weights=tie_weights, norm_eps=norm_eps, n_kv_head=n_kv_head, qk_norm=qk_norm,
+                logit_softcap=logit_softcap, value_embeddings=value_embeddings))
         super().__init__(**kwargs)
         vocab_size, max_len = self.hparams.vocab_size, self.hparams.max_len
         if n_embd % n_head:
@@ -87,18 +106,24 @@ class XLabModel(LanguageModel):
             raise XLabError(f"rotary positions need an even head size; n_embd/n_head={n_embd // n_head}.")
         if n_kv_head is not None and (n_kv_head < 1 or n_head % n_kv_head):
             raise XLabError(f"model n_head={n_head} is not a multiple of n_kv_head={n_kv_head}: change one of them.")
+        if logit_softcap is not None and logit_softcap <= 0:
+            raise XLabError(f"model logit_softcap={logit_softcap} must be positive: a cap of 0 leaves no logits; "
+                            "null turns the cap off.")
         if ffn_dim is None:
-            ffn_dim = 4 * n_embd if activation == "gelu" else 64 * math.ceil(8 * n_embd / 3 / 64)
+            ffn_dim = 64 * math.ceil(8 * n_embd / 3 / 64) if activation == "swiglu" else 4 * n_embd
         rotary = Rotary(n_embd // n_head, max_len, rope_base) if positions == "rotary" else None
 
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(vocab_size, n_embd),
             drop=nn.Dropout(dropout),
             h=nn.ModuleList(Block(n_embd, n_head, ffn_dim, dropout, bias, norm, norm_position, activation, rotary,
-                                  norm_eps, n_kv_head) for _ in range(n_layer)),
+                                  norm_eps, n_kv_head, qk_norm) for _ in range(n_layer)),
             # Post-norm blocks end in a norm already; pre-norm needs one before the head.
             ln_f=make_norm(norm, n_embd, bias, norm_eps) if norm_position == "pre" else nn.Identity(),
         ))
+        if value_embeddings:
+            values = (n_kv_head or n_head) * (n_embd // n_head)
+            self.transformer["vte"] = nn.ModuleList(nn.Embedding(vocab_size, values) for _ in range(n_layer))
         if positions == "learned":
             self.transformer["wpe"] = nn.Embedding(max_len, n_embd)
         elif positions == "sinusoidal":
@@ -113,6 +138,10 @@ class XLabModel(LanguageModel):
             self.lm_head.weight = self.transformer.wte.weight
         self._decode_head = DecodeHead()
         init_gpt2_weights(self, n_layer)
+        if zero_init:
+            for block in self.transformer.h:
+                nn.init.zeros_(block.attn.c_proj.weight)
+                nn.init.zeros_(block.mlp.c_proj.weight)
         if start is not None:
             load_starting_weights(self, start)
             # LightningCLI saves the settings as configured, not as rebound above: record the
@@ -120,6 +149,7 @@ class XLabModel(LanguageModel):
             self.hparams.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd, ffn_dim=ffn_dim, positions=positions,
                                 rope_base=rope_base, norm=norm, norm_position=norm_position, activation=activation,
                                 bias=bias, tie_weights=tie_weights, norm_eps=norm_eps, n_kv_head=n_kv_head,
+                                qk_norm=qk_norm, logit_softcap=logit_softcap, value_embeddings=value_embeddings,
                                 init_from=None)
 
     def fsdp_units(self) -> set[type[nn.Module]]:
@@ -153,16 +183,28 @@ class XLabModel(LanguageModel):
         T = x.shape[1]
         past = cache.length if cache is not None else 0
         positions = position_ids(x[..., 0], past, self.hparams.max_len, positions)
+        for setting in ("document_mask", "value_embeddings"):
+            if self.hparams.get(setting, False) and input_ids is None:
+                raise XLabError(f"{setting} reads the tokens: it cannot run on inputs_embeds; set model {setting} false.")
+        if self.hparams.get("document_mask", False):
+            positions, mask = document_layout(input_ids, self.hparams.sos_id, positions, cache)
+            padding = attention_mask(T, past, padding_mask, x.device)
+            mask = mask if padding is None else mask & padding
+        else:
+            mask = attention_mask(T, past, padding_mask, x.device)
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(positions)
         elif self.hparams.positions == "sinusoidal":
             x = x + self.sinusoids[positions]
         x = self.transformer.drop(x)
-        mask = attention_mask(T, past, padding_mask, x.device)
+        values = self.transformer["vte"] if "vte" in self.transformer else None
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, positions, mask, cache, layer)
+            x = block(x, positions, mask, cache, layer, None if values is None else values[layer](input_ids))
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.advance(T)
-            return self._decode_head(self.lm_head, x)
-        return self.lm_head(x)
+            logits = self._decode_head(self.lm_head, x)
+        else:
+            logits = self.lm_head(x)
+        cap = self.hparams.get("logit_softcap")
+        return logits if cap is None else cap * torch.tanh(logits / cap)

@@ -36,6 +36,7 @@ from xlab.models.blocks import (MLP, CausalSelfAttention, KVCache, Rotary, atten
                                 position_ids)
 from xlab.models.lm import LanguageModel
 from xlab.retro.database import RetrievalDatabase
+from xlab.retro.training import RetrievalTraining
 
 
 class CrossAttention(nn.Module):
@@ -233,7 +234,7 @@ class DecodingNeighbours:
             cache.encoded[chunk] = encoded[:, i]
 
 
-class RetroModel(LanguageModel):
+class RetroModel(RetrievalTraining, LanguageModel):
     """RETRO: decoder with chunked cross-attention to an encoder over retrieved neighbours.
 
     Args:
@@ -246,6 +247,14 @@ class RetroModel(LanguageModel):
             (the paper's 6, 9, 12, ...), or the last layer of a shallower decoder.
         dropout, rope_base: Dropout everywhere; base of the rotary frequencies.
         force_database: Accept a retrieval database other than the one the checkpoint was trained with.
+        cca_zero_init: Start every CCA output projection at zero, so the untrained retrieval path adds
+            nothing and the model starts as its plain decoder (noise from neighbours would otherwise
+            hit the residual stream from step 0).
+        retrieval_lr_scale: Learning rate of the retrieval parts (encoder, its input projection and
+            every CCA) as a multiple of learning_rate.
+        clip_retrieval_apart: Clip the gradient norms of the retrieval parts and of the decoder
+            apart (gradient_clip_val each), so large early gradients of the untrained retrieval
+            path do not shrink the decoder's updates through one global norm.
         learning_rate, weight_decay, betas, warmup_steps, min_lr_ratio, lr_decay_steps: As XLabModel.
         compile: torch.compile the forward pass.
     """
@@ -262,6 +271,9 @@ class RetroModel(LanguageModel):
         dropout: float = 0.0,
         rope_base: float = 10000.0,
         force_database: bool = False,
+        cca_zero_init: bool = False,
+        retrieval_lr_scale: float = 1.0,
+        clip_retrieval_apart: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -276,6 +288,8 @@ class RetroModel(LanguageModel):
             layers = list(range(5, n_layer, 3)) if n_layer > 5 else [n_layer - 1]
         if not layers or any(not 0 <= l < n_layer for l in layers):
             raise XLabError(f"dec_cross_attn_layers={layers} must be a non-empty list of layers in [0, {n_layer}).")
+        if retrieval_lr_scale <= 0:
+            raise XLabError(f"model retrieval_lr_scale={retrieval_lr_scale} must be positive.")
         self.cross_layers = sorted(set(layers))
         self.chunk_size = chunk_size
         rotary = Rotary(n_embd // n_head, max(max_len, 2 * chunk_size), rope_base)
@@ -294,6 +308,9 @@ class RetroModel(LanguageModel):
         self.encoder = nn.ModuleList(EncoderLayer(enc_dim, n_embd, n_head, dropout, enc_rotary) for _ in range(enc_depth))
         self.enc_ln = nn.RMSNorm(enc_dim)
         init_gpt2_weights(self, n_layer)
+        if cca_zero_init:
+            for l in self.cross_layers:
+                nn.init.zeros_(self.layers[l].cca.c_proj.weight)
         self.database = None  # set_database: for generation-time retrieval
         self.training_database = None  # the data module's, while a Trainer runs (`use_resource`)
         self.database_identity: dict | None = None  # of the database trained with (from the checkpoint)
