@@ -14,11 +14,13 @@ import yaml
 from tests.helpers import CONF, load_script, tiny, write_dialogue_episodes
 from xlab.cli import main
 
-# finetune-gpt2.yaml and dialogue-gpt2.yaml need a pretrained folder (tests/interop/test_finetune.py
-# and tests/dialogue/test_gpt2.py run them end to end on one); caption recipes need image data and a
-# caption model (tests/captions/test_recipes.py runs them).
+# finetune-gpt2.yaml, dialogue-gpt2.yaml and finetune.yaml need a pretrained folder
+# (tests/interop/test_finetune.py, tests/dialogue/test_gpt2.py and the README's quick start in
+# tests/test_docs.py run them end to end on one); caption recipes need image data and a caption
+# model (tests/captions/test_recipes.py runs them).
 RECIPES = sorted(p.name for p in CONF.glob("*.yaml")
-                 if p.name not in ("finetune-gpt2.yaml", "dialogue-gpt2.yaml") and not p.name.startswith("caption"))
+                 if p.name not in ("finetune-gpt2.yaml", "dialogue-gpt2.yaml", "finetune.yaml")
+                 and not p.name.startswith("caption"))
 
 
 def local_wikitext(tmp_path: Path, corpus_dir: Path) -> Path:
