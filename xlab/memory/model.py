@@ -325,9 +325,8 @@ class MemoryGPT2(LanguageModel):
         split = []
         for group in groups:
             split.append({**group, "params": [p for p in group["params"] if id(p) not in mine]})
-            # AdamW whatever the optimizer: Muon's full-size steps would scramble the cache as fast.
             split.append({**group, "params": [p for p in group["params"] if id(p) in mine], "lr": scaled,
-                          "optimizer": "adamw"})
+                          "optimizer": "adamw"})  # whatever the optimizer: Muon's full-size steps would scramble the cache
         return [g for g in split if g["params"]]
 
     # --- steps ------------------------------------------------------------------------------------
