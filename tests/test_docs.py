@@ -67,8 +67,9 @@ def shrunk_fit(args: list[str]) -> list[str]:
     model, data = recipe["model"]["init_args"], recipe["data"]["init_args"]
     args = [*args, *TRAINER, "--trainer.max_steps", "4", "--data.init_args.batch_size", "4",
             "--data.init_args.num_workers", "0"]
-    if "sources" in data or "episodes" in data:  # dialogue: enough episodes for a window in every split
-        args += ["--data.init_args.max_documents", "200" if "episodes" in data else "40"]
+    if "sources" in data or "episodes" in data:  # dialogue: a window in every split; RETRO: a small database
+        documents = "200" if "episodes" in data else "12" if "chunk_size" in model else "40"
+        args += ["--data.init_args.max_documents", documents]
     if model.get("init_from"):  # the pretrained folder decides the shape
         return [*args, "--model.init_args.max_len", "16"]
     shape = ["--model.init_args.n_layer", "1", "--model.init_args.n_head", "2", "--model.init_args.n_embd", "32"]
@@ -76,9 +77,9 @@ def shrunk_fit(args: list[str]) -> list[str]:
         return [*args, *shape, "--data.init_args.eval_batch_size", "16"]
     args += [*shape, "--model.init_args.max_len", "16", "--model.init_args.compile", "false",
              "--data.init_args.vocab_size", "400"]
-    if "chunk_size" in model:  # RETRO: chunks that fit the context, cross-attention in the one layer, a small database
+    if "chunk_size" in model:  # RETRO: chunks that fit the context, cross-attention in the one layer, every split fed
         args += ["--model.init_args.chunk_size", "4", "--data.init_args.chunk_size", "4",
-                 "--model.init_args.dec_cross_attn_layers", "null", "--data.init_args.max_documents", "12",
+                 "--model.init_args.dec_cross_attn_layers", "null",
                  "--data.init_args.split_fractions", "[0.5, 0.2, 0.2, 0.1]"]
     if "episodes" in data:
         args += ["--data.init_args.eval_examples", "4", "--data.init_args.candidates", "4",
