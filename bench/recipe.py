@@ -10,7 +10,7 @@ For each size and corpus, trains on the same batches in the same order (same see
   (b) default    today's conf/defaults.yaml model (rotary, RMSNorm, SwiGLU, no biases, AdamW 2e-3, cosine)
   (c) new        (b) with every recipe switch (NEW below)
   (d) new - X    (c) without one switch at a time
-  (e) new + X    (c) with a switch it leaves out (value embeddings: more parameters, not only a method)
+  (e) new + X    (c) with a switch it leaves out (soft-cap, document masking, value embeddings)
 and prints each row's final validation loss and bits per byte; for (b), (c) and (d) the fraction
 of the baseline's tokens at which the row's validation loss (measured every 1/10th of the run)
 first reaches the baseline's final one, and their wall-clock per training step relative to the
@@ -49,11 +49,11 @@ NEW = {"muon": (dict(optimizer="muon", muon_lr=0.01), dict(optimizer="adamw", mu
        "trapezoid": (dict(lr_schedule="trapezoid", min_lr_ratio=0.0), dict(lr_schedule="cosine", min_lr_ratio=0.1)),
        "qk_norm": (dict(qk_norm=True), dict(qk_norm=False)),
        "relu2": (dict(activation="relu2"), dict(activation="swiglu")),
-       "zero_init": (dict(zero_init=True), dict(zero_init=False)),
-       "softcap": (dict(logit_softcap=15.0), dict(logit_softcap=None)),
-       "document_mask": (dict(document_mask=True), dict(document_mask=False))}
-# Offered, measured, not in (c).
-EXTRA = {"value_embeddings": dict(value_embeddings=True)}
+       "zero_init": (dict(zero_init=True), dict(zero_init=False))}
+# Offered, measured, not in (c): each bought nothing at the quick size (docs/recipe.md), and document
+# masking's masked attention costs time on every step.
+EXTRA = {"softcap": dict(logit_softcap=15.0), "document_mask": dict(document_mask=True),
+         "value_embeddings": dict(value_embeddings=True)}
 SIZES = {"quick": dict(n_layer=2, n_head=2, n_embd=64, max_len=64, batch=16, steps=120),
          "default": dict(n_layer=4, n_head=4, n_embd=128, max_len=128, batch=32, steps=300),
          "4x": dict(n_layer=8, n_head=6, n_embd=192, max_len=128, batch=32, steps=300)}
@@ -68,6 +68,17 @@ def rows() -> dict[str, dict]:
     for name, on in EXTRA.items():
         table[f"(e) new + {name}"] = {**new, **on}
     return table
+
+
+def pick(table: dict[str, dict], letters: str | None) -> dict[str, dict]:
+    """The rows whose letter is in `letters`, and always the baseline: every ratio is against it."""
+    if letters is None:
+        return table
+    wanted = {letter.strip().strip("()") for letter in letters.split(",")} | {"a"}
+    unknown = wanted - {name[1] for name in table}
+    if unknown:
+        raise SystemExit(f"--rows {letters}: no row {', '.join(sorted(unknown))}; rows are a, b, c, d, e")
+    return {name: settings for name, settings in table.items() if name[1] in wanted}
 
 
 def corpus(sources: list[dict], cache_dir: str, vocab_size: int, size: dict, max_documents: int | None):
@@ -168,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="default,4x", help="comma-separated: default, 4x")
     parser.add_argument("--corpora", default="embedded,stdlib", help="comma-separated: " + ", ".join(CORPORA))
     parser.add_argument("--steps", type=int, default=None, help="override the size's steps")
+    parser.add_argument("--rows", default=None,
+                        help="comma-separated row letters to run (e.g. a,b,c; default: all); (a) always runs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--max-documents", type=int, default=None, help="documents read per corpus")
@@ -193,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{size['max_len']}), corpus {corpus_name}: {steps} steps, {tokens:,} tokens\n", flush=True)
                 print("| row | val loss | bpb | tokens to baseline's loss | time per step vs baseline |")
                 print("|---|---|---|---|---|")
-                table = rows()
+                table = pick(rows(), args.rows)
                 results = {name: train(data, settings, size, steps, val, args.device)
                            for name, settings in table.items()}
                 seconds = step_times(data, table, size, args.device)

@@ -1,4 +1,4 @@
-"""`manage.py export-hf`: tiny random XLab models, GPT-2- and Llama-shaped, loaded back by
+"""`manage.py export-hf`: tiny random XLab models, GPT-2-, Llama-, Qwen3- and Arcee-shaped, loaded back by
 `transformers` give the same logits (1e-5, fp32) and greedy tokens; the converted sentencepiece
 tokenizer encodes awkward text to XLab's ids; what cannot be expressed is refused by name."""
 
@@ -25,7 +25,11 @@ SHAPES = {
     "llama": dict(positions="rotary", norm="rmsnorm", activation="swiglu", bias=False, tie_weights=False,
                   norm_eps=1e-6, rope_base=500.0),
     "llama-gqa": dict(positions="rotary", norm="rmsnorm", activation="swiglu", bias=False, n_kv_head=1),
+    "qwen3": dict(positions="rotary", norm="rmsnorm", activation="swiglu", bias=False, qk_norm=True),
+    "arcee": dict(positions="rotary", norm="rmsnorm", activation="relu2", bias=False),
 }
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "llama-gqa": "LlamaForCausalLM",
+                 "qwen3": "Qwen3ForCausalLM", "arcee": "ArceeForCausalLM"}
 AWKWARD = ("  Grüße,\tçà et là —\n\n  日本語のテキスト، مرحبا بالعالم   🙂🚀👩‍👩‍👧 ∑∫√ 12345\r\n"
            "    def f(x):\n        return {'a': [1, 2]}  \u00a0\u2003end  ")
 
@@ -44,11 +48,11 @@ def export_of(tmp_path, spm, shape: str):
     return model, out
 
 
-@pytest.mark.parametrize("shape", ["gpt2", "llama", "llama-gqa"])
+@pytest.mark.parametrize("shape", sorted(ARCHITECTURES))
 def test_round_trip_logits_and_greedy_tokens(tmp_path, spm, shape):
     model, out = export_of(tmp_path, spm, shape)
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    assert type(hf).__name__ == ("GPT2LMHeadModel" if shape == "gpt2" else "LlamaForCausalLM")
+    assert type(hf).__name__ == ARCHITECTURES[shape]
     tokens = torch.randint(0, VOCAB, (3, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(hf(tokens).logits, model(tokens), atol=1e-5, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""xlab/models/hf_weights.py: Hugging Face GPT-2 and Llama settings and weights <-> XLabModel, both
+"""xlab/models/hf_weights.py: Hugging Face GPT-2 and Llama-family (Llama, Qwen3, Arcee) settings and weights <-> XLabModel, both
 ways. XLab -> HF -> XLab gives back the same settings and the same tensors bit for bit; HF -> XLab
 -> HF gives back the folder's own tensors; the XLab model built from a transformers model's weights
 gives its logits; sharded safetensors folders read as one state; every setting neither side can
@@ -32,6 +32,11 @@ SHAPES = {
     "llama-gqa": dict(positions="rotary", norm="rmsnorm", activation="swiglu", bias=False, tie_weights=True,
                       n_kv_head=1),
     "llama-bias": dict(positions="rotary", norm="rmsnorm", activation="swiglu", bias=True, tie_weights=False,
+                       ffn_dim=40),
+    "qwen3": dict(positions="rotary", norm="rmsnorm", activation="swiglu", bias=False, tie_weights=True,
+                  qk_norm=True, n_kv_head=2, norm_eps=1e-6),
+    "arcee": dict(positions="rotary", norm="rmsnorm", activation="relu2", bias=False, tie_weights=False),
+    "arcee-bias": dict(positions="rotary", norm="rmsnorm", activation="relu2", bias=True, tie_weights=True,
                        ffn_dim=40),
 }
 
@@ -74,7 +79,7 @@ def test_xlab_to_hf_and_back_is_exact(shape):
         assert torch.equal(back(tokens()), model(tokens()))
 
 
-@pytest.mark.parametrize("shape", ["gpt2", "llama", "llama-gqa", "llama-bias"])
+@pytest.mark.parametrize("shape", ["gpt2", "llama", "llama-gqa", "llama-bias", "qwen3", "arcee", "arcee-bias"])
 def test_exported_weights_give_transformers_the_same_logits(shape):
     model = xlab_model(shape)
     config, state = model.hf_export()
@@ -95,10 +100,22 @@ def hf_models():
         vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=False, initializer_range=0.2,
         rope_theta=1000.0)).eval()
-    return {"gpt2": gpt2, "llama": llama}
+    qwen3 = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=32, tie_word_embeddings=True,
+        initializer_range=0.2)).eval()
+    arcee = transformers.ArceeForCausalLM(transformers.ArceeConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        head_dim=8, max_position_embeddings=32, tie_word_embeddings=False, initializer_range=0.2,
+        bos_token_id=1, eos_token_id=2)).eval()
+    with torch.no_grad():  # the query/key norms start at one: make a swapped one show
+        for name, param in qwen3.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                param.add_(torch.randn_like(param) * 0.3)
+    return {"gpt2": gpt2, "llama": llama, "qwen3": qwen3, "arcee": arcee}
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen3", "arcee"])
 def test_hf_to_xlab_gives_its_logits_and_maps_back_to_its_own_tensors(kind):
     hf = hf_models()[kind]
     config = hf.config.to_dict()
@@ -113,6 +130,12 @@ def test_hf_to_xlab_gives_its_logits_and_maps_back_to_its_own_tensors(kind):
         assert torch.equal(state["transformer.h.1.attn.c_attn.weight"], hf_state["transformer.h.1.attn.c_attn.weight"].t())
         assert torch.equal(state["transformer.h.1.ln_2.bias"], hf_state["transformer.h.1.ln_2.bias"])
         assert settings["tie_weights"] and state["lm_head.weight"] is state["transformer.wte.weight"]
+    elif kind == "qwen3":  # the per-head query/key norms carried as they are
+        assert settings["qk_norm"] and settings["activation"] == "swiglu"
+        assert torch.equal(state["transformer.h.1.attn.k_norm.weight"], hf_state["model.layers.1.self_attn.k_norm.weight"])
+    elif kind == "arcee":  # no gate: up is the whole first projection
+        assert settings["activation"] == "relu2" and not settings["qk_norm"]
+        assert torch.equal(state["transformer.h.1.mlp.c_fc.weight"], hf_state["model.layers.1.mlp.up_proj.weight"])
     else:  # q, k, v stacked (grouped: two key/value heads of 8), gate before up
         q, k, v = (hf_state[f"model.layers.1.self_attn.{p}_proj.weight"] for p in "qkv")
         assert (q.shape[0], k.shape[0]) == (32, 16) and settings["n_kv_head"] == 2
@@ -189,6 +212,9 @@ LLAMA = dict(model_type="llama", vocab_size=VOCAB, num_hidden_layers=1, num_atte
     (LLAMA | dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}),
      r"cannot express rope scaling \{'rope_type': 'yarn', 'factor': 4.0\}"),
     (LLAMA | dict(attention_bias=True), r"cannot express biases in attention but not in the MLP \(or the reverse\)"),
+    (LLAMA | dict(model_type="arcee", hidden_act="silu"), r"cannot express hidden_act='silu' \(only relu2\)"),
+    (LLAMA | dict(model_type="qwen3", attention_bias=True), r"cannot express biases in attention but not in the MLP"),
+    (LLAMA | dict(model_type="qwen3", use_sliding_window=True), r"cannot express sliding-window attention"),
 ])
 def test_hf_settings_xlab_cannot_express_are_refused_by_name(config, message):
     with pytest.raises(XLabError, match=f"^the folder: XLabModel {message}"):
@@ -207,6 +233,7 @@ XLAB_LLAMA = dict(positions="rotary", norm="rmsnorm", activation="swiglu", bias=
 def test_hf_kind_names_the_architecture_or_the_setting_neither_has():
     assert hf_kind(XLAB_GPT2) == "gpt2" and hf_kind(XLAB_GPT2 | dict(n_kv_head=4)) == "gpt2"
     assert hf_kind(XLAB_LLAMA) == "llama" and hf_kind(XLAB_LLAMA | dict(bias=True, n_kv_head=2)) == "llama"
+    assert hf_kind(XLAB_LLAMA | dict(qk_norm=True)) == "qwen3" and hf_kind(XLAB_LLAMA | dict(activation="relu2")) == "arcee"
     refusals = [
         (XLAB_GPT2 | dict(norm_position="post"), r"norm_position='post' cannot be exported: GPT-2 and Llama are pre-norm"),
         (XLAB_GPT2 | dict(positions="sinusoidal"), r"positions='sinusoidal' cannot be exported"),
@@ -216,6 +243,9 @@ def test_hf_kind_names_the_architecture_or_the_setting_neither_has():
          r"bias=False \(needs True\)\.$"),
         (XLAB_LLAMA | dict(activation="gelu"),
          r"with positions='rotary' it would be Llama, which cannot express activation='gelu' \(needs 'swiglu'\)\.$"),
+        (XLAB_GPT2 | dict(qk_norm=True), r"^qk_norm=True cannot be exported as GPT-2"),
+        (XLAB_LLAMA | dict(qk_norm=True, activation="relu2"), r"^qk_norm=True with activation='relu2' cannot be exported"),
+        (XLAB_LLAMA | dict(qk_norm=True, bias=True), r"^qk_norm=True with bias=True cannot be exported: Qwen3"),
     ]
     for hp, message in refusals:
         with pytest.raises(XLabError, match=message):

@@ -131,7 +131,7 @@ def test_bad_inputs_are_one_line_errors(gpt2, tmp_path):
     transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                             intermediate_size=32).save_pretrained(tmp_path / "bert")
     torch.save({}, tmp_path / "bert" / "pytorch_model.bin")
-    fails(r"'bert' model .*supported architectures are GPT-2 \(gpt2\) and Llama \(llama\)", init_from=str(tmp_path / "bert"))
+    fails(r"'bert' model .*supported architectures are GPT-2 \(gpt2\), Llama \(llama\), Qwen3", init_from=str(tmp_path / "bert"))
 
     # Pickled weights: tensors load with weights_only=True, anything else is refused.
     pickled = tmp_path / "pickled"

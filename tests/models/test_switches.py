@@ -161,13 +161,16 @@ def test_beam_search_runs_with_every_switch_on():
 
 
 def test_switches_transformers_lacks_are_refused_by_export_hf_by_name():
-    for setting, value in (("qk_norm", True), ("logit_softcap", 30.0), ("value_embeddings", True)):
+    for setting, value in (("logit_softcap", 30.0), ("value_embeddings", True)):
         hp = {**model_with().hparams, setting: value}
         with pytest.raises(XLabError, match=f"^{setting}="):
             hf_kind(hp)
-    with pytest.raises(XLabError, match="activation='relu2'"):
-        hf_kind({**model_with().hparams, "activation": "relu2"})
-    assert hf_kind({**model_with().hparams, "activation": "swiglu", "zero_init": True, "document_mask": True}) == "llama"
+    with pytest.raises(XLabError, match="^qk_norm=True with activation='relu2' cannot be exported"):
+        hf_kind({**model_with().hparams, "qk_norm": True, "activation": "relu2"})
+    assert hf_kind({**model_with().hparams, "qk_norm": True, "activation": "swiglu"}) == "qwen3"
+    assert hf_kind({**model_with().hparams, "qk_norm": False, "activation": "relu2"}) == "arcee"
+    assert hf_kind({**model_with().hparams, "activation": "swiglu", "zero_init": True, "document_mask": True,
+                    "qk_norm": False}) == "llama"
 
 
 NEW_SETTINGS = ("qk_norm", "logit_softcap", "zero_init", "value_embeddings", "document_mask", "optimizer", "muon_lr", "muon_momentum",

@@ -1,4 +1,4 @@
-"""Hugging Face GPT-2 and Llama folders <-> XLabModel settings and weights, both ways.
+"""Hugging Face GPT-2 and Llama-family folders <-> XLabModel settings and weights, both ways.
 
 Reading a folder needs no `transformers`: `config.json` is plain JSON and the weights are
 safetensors (a single file or shards with an index). Pickled `.bin` weights are read with
@@ -10,6 +10,9 @@ The two architectures are two points of XLabModel's space:
 - Llama: rotary positions (rotate-half, the same convention as `blocks.Rotary`), pre-RMSNorm,
   SwiGLU, no biases. Its separate q/k/v projections are stacked into `c_attn`, and gate/up into
   `c_fc` (gate first, as `blocks.MLP` splits it).
+- Two Llama variants carry XLab's recipe switches: Qwen3 is Llama with `qk_norm` (an RMS norm of
+  the head size on queries and keys before the rotary, as `blocks.CausalSelfAttention`; no MLP
+  biases), Arcee is Llama with a plain ReLU² MLP (`activation: relu2`: up, ReLU², down).
 Grouped-query attention maps to `n_kv_head`. Anything else (rope scaling, other activations,
 head sizes other than width / heads) is refused by name.
 """
@@ -30,9 +33,13 @@ CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
 # GELU variants of transformers that are the tanh approximation XLabModel uses.
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
-SUPPORTED = ("gpt2", "llama")
-# XLabModel's switches that neither architecture has: off in a model read from either.
-NO_XLAB_SWITCHES = dict(qk_norm=False, logit_softcap=None, value_embeddings=False)
+SUPPORTED = ("gpt2", "llama", "qwen3", "arcee")
+# The rotary architectures: what each expresses of XLabModel's MLP and query/key norm.
+LLAMA_FAMILY = {"llama": dict(activation="swiglu", qk_norm=False, hidden_act="silu", name="Llama"),
+                "qwen3": dict(activation="swiglu", qk_norm=True, hidden_act="silu", name="Qwen3"),
+                "arcee": dict(activation="relu2", qk_norm=False, hidden_act="relu2", name="Arcee")}
+# XLabModel's switches that no supported architecture has: off in a model read from any.
+NO_XLAB_SWITCHES = dict(logit_softcap=None, value_embeddings=False)
 SAVE_HINT = ("on a machine with network access run `AutoModelForCausalLM.from_pretrained(NAME)"
              ".save_pretrained(DIR)` (and the same with AutoTokenizer) and copy DIR here")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -52,7 +59,7 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
     model_type = config.get("model_type")
     if model_type not in SUPPORTED:
         raise XLabError(f"{folder} holds a {model_type!r} model ({', '.join(config.get('architectures') or [])}): "
-                        f"supported architectures are GPT-2 (gpt2) and Llama (llama).")
+                        f"supported architectures are GPT-2 (gpt2), Llama (llama), Qwen3 (qwen3) and Arcee (arcee).")
     return config
 
 
@@ -101,7 +108,7 @@ def _gpt2_settings(c: dict[str, Any], source: str) -> dict[str, Any]:
                 n_head=c["n_head"], n_embd=c["n_embd"], ffn_dim=c.get("n_inner") or 4 * c["n_embd"],
                 positions="learned", rope_base=10000.0, norm="layernorm", norm_position="pre", activation="gelu",
                 bias=True, tie_weights=bool(c.get("tie_word_embeddings", True)),
-                norm_eps=float(c.get("layer_norm_epsilon", 1e-5)), n_kv_head=None, **NO_XLAB_SWITCHES)
+                norm_eps=float(c.get("layer_norm_epsilon", 1e-5)), n_kv_head=None, qk_norm=False, **NO_XLAB_SWITCHES)
 
 
 def _llama_settings(c: dict[str, Any], source: str) -> dict[str, Any]:
@@ -109,22 +116,29 @@ def _llama_settings(c: dict[str, Any], source: str) -> dict[str, Any]:
     rope = c.get("rope_parameters") or {}
     scaling = c.get("rope_scaling") or ({k: v for k, v in rope.items() if k != "rope_theta"}
                                         if rope.get("rope_type", "default") != "default" else None)
+    variant = LLAMA_FAMILY[c["model_type"]]
+    # Qwen3's MLP has no bias setting: it never has biases.
+    mlp_bias = c.get("mlp_bias", False) if c["model_type"] != "qwen3" else False
     problems = []
     if c.get("head_dim", width // heads) != width // heads:
         problems.append(f"head_dim={c['head_dim']} other than hidden_size / num_attention_heads")
-    if c.get("hidden_act", "silu") != "silu":
-        problems.append(f"hidden_act={c['hidden_act']!r} (only silu, i.e. SwiGLU)")
+    if c.get("hidden_act", variant["hidden_act"]) != variant["hidden_act"]:
+        problems.append(f"hidden_act={c['hidden_act']!r} (only {variant['hidden_act']}"
+                        f"{', i.e. SwiGLU' if variant['activation'] == 'swiglu' else ''})")
     if scaling:
         problems.append(f"rope scaling {scaling}")
-    if bool(c.get("attention_bias", False)) != bool(c.get("mlp_bias", False)):
+    if bool(c.get("attention_bias", False)) != bool(mlp_bias):
         problems.append("biases in attention but not in the MLP (or the reverse)")
+    if c.get("use_sliding_window", False):
+        problems.append("sliding-window attention")
     _refuse(problems, source)
     return dict(vocab_size=c["vocab_size"], max_len=c.get("max_position_embeddings", 2048), n_layer=c["num_hidden_layers"],
                 n_head=heads, n_embd=width, ffn_dim=c["intermediate_size"], positions="rotary",
                 rope_base=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))), norm="rmsnorm",
-                norm_position="pre", activation="swiglu", bias=bool(c.get("attention_bias", False)),
+                norm_position="pre", activation=variant["activation"], bias=bool(c.get("attention_bias", False)),
                 tie_weights=bool(c.get("tie_word_embeddings", False)), norm_eps=float(c.get("rms_norm_eps", 1e-6)),
-                n_kv_head=_kv_heads(c.get("num_key_value_heads"), heads), **NO_XLAB_SWITCHES)
+                n_kv_head=_kv_heads(c.get("num_key_value_heads"), heads), qk_norm=variant["qk_norm"],
+                **NO_XLAB_SWITCHES)
 
 
 def _kv_heads(kv: int | None, heads: int) -> int | None:
@@ -148,19 +162,21 @@ def xlab_state_from_hf(config: dict[str, Any], state: dict[str, torch.Tensor], t
                 name = "transformer." + name  # the hub's gpt2 stores GPT2Model's names
             out[name] = tensor.t().contiguous() if name.endswith(CONV1D_WEIGHTS) else tensor
     else:
-        out = _llama_to_xlab(state, config["num_hidden_layers"])
+        out = _llama_to_xlab(state, config["num_hidden_layers"], LLAMA_FAMILY[config["model_type"]])
     if tied or "lm_head.weight" not in out:
         out["lm_head.weight"] = out["transformer.wte.weight"]
     return out
 
 
 _LLAMA_NORMS = {"input_layernorm": "ln_1", "post_attention_layernorm": "ln_2"}
+_QK_NORMS = {"self_attn.q_norm": "attn.q_norm", "self_attn.k_norm": "attn.k_norm"}
 
 
-def _llama_to_xlab(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+def _llama_to_xlab(state: dict[str, torch.Tensor], n_layer: int, variant: dict) -> dict[str, torch.Tensor]:
     def take(name: str) -> torch.Tensor:
         if name not in state:
-            raise XLabError(f"the Llama weights lack {name}: the folder is incomplete or not a LlamaForCausalLM.")
+            raise XLabError(f"the {variant['name']} weights lack {name}: the folder is incomplete or not a "
+                            f"{variant['name']}ForCausalLM.")
         return state[name]
 
     out = {"transformer.wte.weight": take("model.embed_tokens.weight"), "transformer.ln_f.weight": take("model.norm.weight")}
@@ -173,24 +189,27 @@ def _llama_to_xlab(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, to
                 continue
             out[f"{xl}attn.c_attn.{kind}"] = torch.cat([take(f"{hf}self_attn.{p}_proj.{kind}") for p in "qkv"])
             out[f"{xl}attn.c_proj.{kind}"] = take(f"{hf}self_attn.o_proj.{kind}")
-            out[f"{xl}mlp.c_fc.{kind}"] = torch.cat([take(f"{hf}mlp.gate_proj.{kind}"), take(f"{hf}mlp.up_proj.{kind}")])
+            up = take(f"{hf}mlp.up_proj.{kind}")
+            out[f"{xl}mlp.c_fc.{kind}"] = (torch.cat([take(f"{hf}mlp.gate_proj.{kind}"), up])
+                                          if variant["activation"] == "swiglu" else up)
             out[f"{xl}mlp.c_proj.{kind}"] = take(f"{hf}mlp.down_proj.{kind}")
-        for hf_norm, xl_norm in _LLAMA_NORMS.items():
+        norms = _LLAMA_NORMS | (_QK_NORMS if variant["qk_norm"] else {})
+        for hf_norm, xl_norm in norms.items():
             out[f"{xl}{xl_norm}.weight"] = take(f"{hf}{hf_norm}.weight")
     return out
 
 
 # --- XLab -> Hugging Face ---------------------------------------------------------------------------
 def hf_kind(hp: dict[str, Any]) -> str:
-    """gpt2 or llama: the architecture that expresses these XLabModel settings, or an error naming
-    the setting that neither can. document_mask exports: on one document (what generation
-    reads) transformers computes what XLab does; zero_init is only where training started."""
-    for name, off in (("qk_norm", False), ("logit_softcap", None), ("value_embeddings", False)):
+    """gpt2, llama, qwen3 or arcee: the architecture that expresses these XLabModel settings, or an
+    error naming the setting that none can. document_mask exports: on one document (what
+    generation reads) transformers computes what XLab does; zero_init is only where training started."""
+    for name, off in NO_XLAB_SWITCHES.items():
         if hp.get(name, off) != off:
-            raise XLabError(f"{name}={hp[name]!r} cannot be exported: neither GPT-2 nor Llama in transformers has it "
-                            f"(train with {name}: {'false' if off is False else 'null'} to export).")
+            raise XLabError(f"{name}={hp[name]!r} cannot be exported: no architecture of transformers that XLab "
+                            f"writes has it (train with {name}: {'false' if off is False else 'null'} to export).")
     gpt2 = dict(positions="learned", norm="layernorm", activation="gelu", bias=True)
-    llama = dict(positions="rotary", norm="rmsnorm", activation="swiglu")
+    llama = dict(positions="rotary", norm="rmsnorm", activation="relu2" if hp.get("activation") == "relu2" else "swiglu")
     if hp.get("norm_position", "pre") != "pre":
         raise XLabError(f"norm_position={hp['norm_position']!r} cannot be exported: GPT-2 and Llama are pre-norm.")
     if hp.get("positions") == "sinusoidal":
@@ -199,14 +218,28 @@ def hf_kind(hp: dict[str, Any]) -> str:
         if hp.get("n_kv_head") not in (None, hp.get("n_head")):
             raise XLabError(f"n_kv_head={hp['n_kv_head']} cannot be exported as GPT-2, which has one key/value "
                             "head per query head.")
+        if hp.get("qk_norm", False):
+            raise XLabError("qk_norm=True cannot be exported as GPT-2, which has no query/key norm (Qwen3 has one: "
+                            "use positions rotary, norm rmsnorm, activation swiglu, bias false to export).")
         return "gpt2"
     if all(hp.get(k) == v for k, v in llama.items()):
-        return "llama"
+        return _llama_variant(hp)
     target = gpt2 if hp.get("positions") == "learned" else llama
     name = "GPT-2" if target is gpt2 else "Llama"
     wrong = ", ".join(f"{k}={hp.get(k)!r} (needs {v!r})" for k, v in target.items() if hp.get(k) != v)
     raise XLabError(f"this model cannot be exported to transformers: with positions={hp.get('positions')!r} it "
                     f"would be {name}, which cannot express {wrong}.")
+
+
+def _llama_variant(hp: dict[str, Any]) -> str:
+    qk_norm, relu2 = bool(hp.get("qk_norm", False)), hp.get("activation") == "relu2"
+    if qk_norm and relu2:
+        raise XLabError("qk_norm=True with activation='relu2' cannot be exported: transformers has Qwen3 for "
+                        "qk_norm (with SwiGLU) and Arcee for relu2 (without qk_norm), none with both; train without one.")
+    if qk_norm and hp.get("bias"):
+        raise XLabError("qk_norm=True with bias=True cannot be exported: Qwen3, the architecture with qk_norm, has no "
+                        "MLP biases (train with bias: false to export).")
+    return "qwen3" if qk_norm else "arcee" if relu2 else "llama"
 
 
 def hf_config_from_xlab(hp: dict[str, Any], ffn_dim: int) -> dict[str, Any]:
@@ -218,16 +251,18 @@ def hf_config_from_xlab(hp: dict[str, Any], ffn_dim: int) -> dict[str, Any]:
         return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_positions=hp["max_len"], n_embd=hp["n_embd"],
                     n_layer=hp["n_layer"], n_head=hp["n_head"], n_inner=ffn_dim, activation_function="gelu_new",
                     layer_norm_epsilon=eps, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
-    return dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=hp["n_embd"],
+    variant = LLAMA_FAMILY[kind]
+    extra = dict(use_sliding_window=False) if kind == "qwen3" else dict(mlp_bias=bool(hp.get("bias")))
+    return dict(model_type=kind, architectures=[f"{variant['name']}ForCausalLM"], hidden_size=hp["n_embd"],
                 intermediate_size=ffn_dim, num_hidden_layers=hp["n_layer"], num_attention_heads=hp["n_head"],
-                num_key_value_heads=hp.get("n_kv_head") or hp["n_head"], head_dim=hp["n_embd"] // hp["n_head"], hidden_act="silu",
-                max_position_embeddings=hp["max_len"], rms_norm_eps=eps,
+                num_key_value_heads=hp.get("n_kv_head") or hp["n_head"], head_dim=hp["n_embd"] // hp["n_head"],
+                hidden_act=variant["hidden_act"], max_position_embeddings=hp["max_len"], rms_norm_eps=eps,
                 rope_parameters={"rope_theta": float(hp.get("rope_base", 10000.0)), "rope_type": "default"},
-                attention_bias=bool(hp.get("bias")), mlp_bias=bool(hp.get("bias")), attention_dropout=0.0, **common)
+                attention_bias=bool(hp.get("bias")), attention_dropout=0.0, **extra, **common)
 
 
 def hf_state_from_xlab(kind: str, state: dict[str, torch.Tensor], n_layer: int, tied: bool) -> dict[str, torch.Tensor]:
-    """XLabModel weights under the names of GPT2LMHeadModel or LlamaForCausalLM (tied head once)."""
+    """XLabModel weights under the names of GPT2LMHeadModel or a Llama-family model (tied head once)."""
     state = {k: v for k, v in state.items() if not (tied and k == "lm_head.weight")}
     if kind == "gpt2":
         return {k: (v.t() if k.endswith(CONV1D_WEIGHTS) else v).contiguous() for k, v in state.items()}
@@ -243,10 +278,13 @@ def hf_state_from_xlab(kind: str, state: dict[str, torch.Tensor], n_layer: int, 
             for p, part in zip("qkv", state[f"{xl}attn.c_attn.{kind_}"].split([width, kv, kv])):
                 out[f"{hf}self_attn.{p}_proj.{kind_}"] = part
             out[f"{hf}self_attn.o_proj.{kind_}"] = state[f"{xl}attn.c_proj.{kind_}"]
-            gate, up = state[f"{xl}mlp.c_fc.{kind_}"].chunk(2)
-            out[f"{hf}mlp.gate_proj.{kind_}"], out[f"{hf}mlp.up_proj.{kind_}"] = gate, up
+            if LLAMA_FAMILY[kind]["activation"] == "swiglu":
+                gate, up = state[f"{xl}mlp.c_fc.{kind_}"].chunk(2)
+                out[f"{hf}mlp.gate_proj.{kind_}"], out[f"{hf}mlp.up_proj.{kind_}"] = gate, up
+            else:
+                out[f"{hf}mlp.up_proj.{kind_}"] = state[f"{xl}mlp.c_fc.{kind_}"]
             out[f"{hf}mlp.down_proj.{kind_}"] = state[f"{xl}mlp.c_proj.{kind_}"]
-        for hf_norm, xl_norm in _LLAMA_NORMS.items():
+        for hf_norm, xl_norm in (_LLAMA_NORMS | (_QK_NORMS if LLAMA_FAMILY[kind]["qk_norm"] else {})).items():
             out[f"{hf}{hf_norm}.weight"] = state[f"{xl}{xl_norm}.weight"]
     return {k: v.contiguous() for k, v in out.items()}
 

@@ -1,4 +1,4 @@
-"""Starting weights for XLabModel (`init_from`): an XLab export, or a Hugging Face GPT-2 / Llama folder.
+"""Starting weights for XLabModel (`init_from`): an XLab export, or a Hugging Face GPT-2 / Llama / Qwen3 / Arcee folder.
 
 The folder decides the architecture. A setting given to the model that differs both from the
 folder and from the model's default contradicts the folder and is refused; a setting left at
@@ -22,7 +22,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from xlab.common.errors import XLabError
 from xlab.common.export_format import WEIGHTS, is_export, read_export_config, read_safetensors
-from xlab.models.hf_weights import read_hf_config, read_hf_weights, xlab_settings_from_hf, xlab_state_from_hf
+from xlab.models.hf_weights import (LLAMA_FAMILY, read_hf_config, read_hf_weights, xlab_settings_from_hf,
+                                    xlab_state_from_hf)
 
 ARCHITECTURE = ("n_layer", "n_head", "n_embd", "ffn_dim", "positions", "rope_base", "norm", "norm_position",
                 "activation", "bias", "tie_weights", "norm_eps", "n_kv_head", "qk_norm", "logit_softcap",
@@ -32,7 +33,7 @@ ARCHITECTURE = ("n_layer", "n_head", "n_embd", "ffn_dim", "positions", "rope_bas
 @dataclass
 class StartingPoint:
     source: str  # the folder, for messages
-    kind: str  # "XLab export", "GPT-2" or "Llama"
+    kind: str  # "XLab export", "GPT-2", "Llama", "Qwen3" or "Arcee"
     settings: dict  # ARCHITECTURE values plus vocab_size and max_len
     state: dict  # weights under XLabModel's names, lm_head.weight included
 
@@ -45,7 +46,8 @@ def read_starting_point(path: str | Path, cls: type) -> StartingPoint:
         config = read_hf_config(folder)
         settings = xlab_settings_from_hf(config, str(folder))
         state = xlab_state_from_hf(config, read_hf_weights(folder), settings["tie_weights"])
-        return StartingPoint(str(folder), "GPT-2" if config["model_type"] == "gpt2" else "Llama", settings, state)
+        kind = "GPT-2" if config["model_type"] == "gpt2" else LLAMA_FAMILY[config["model_type"]]["name"]
+        return StartingPoint(str(folder), kind, settings, state)
     return _read_export(folder, cls)
 
 

@@ -156,8 +156,8 @@ class XLabModel(LanguageModel):
         return {Block}
 
     def hf_export(self) -> tuple[dict, dict[str, Tensor]]:
-        """GPT-2 when GPT-2-shaped, Llama when rotary / RMSNorm / SwiGLU (`hf_weights.hf_kind` names a
-        setting that neither can express)."""
+        """GPT-2 when GPT-2-shaped, Llama when rotary / RMSNorm / SwiGLU, Qwen3 with qk_norm too, Arcee
+        with ReLU² instead (`hf_weights.hf_kind` names a setting that none can express)."""
         hp = self.hparams
         config = hf_config_from_xlab(hp, self.transformer.h[0].mlp.c_proj.in_features)
         return config, hf_state_from_xlab(config["model_type"], self.state_dict(), hp["n_layer"], bool(hp["tie_weights"]))
