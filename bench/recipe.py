@@ -70,15 +70,21 @@ def rows() -> dict[str, dict]:
     return table
 
 
-def pick(table: dict[str, dict], letters: str | None) -> dict[str, dict]:
-    """The rows whose letter is in `letters`, and always the baseline: every ratio is against it."""
-    if letters is None:
+def pick(table: dict[str, dict], wanted: str | None) -> dict[str, dict]:
+    """The rows named in `wanted` (a letter takes all its rows, `d:relu2` one of them), and always
+    the baseline: every ratio is against it."""
+    if wanted is None:
         return table
-    wanted = {letter.strip().strip("()") for letter in letters.split(",")} | {"a"}
-    unknown = wanted - {name[1] for name in table}
-    if unknown:
-        raise SystemExit(f"--rows {letters}: no row {', '.join(sorted(unknown))}; rows are a, b, c, d, e")
-    return {name: settings for name, settings in table.items() if name[1] in wanted}
+    picked = {"(a) baseline": table["(a) baseline"]}
+    for token in (t.strip() for t in wanted.split(",")):
+        letter, _, switch = token.partition(":")
+        found = {name: s for name, s in table.items()
+                 if name[1] == letter.strip("()") and (not switch or name.endswith(f" {switch}"))}
+        if not found:
+            raise SystemExit(f"--rows {wanted}: no row {token!r}; rows are a, b, c, d, e, or one switch's row "
+                             f"as d:NAME or e:NAME ({', '.join(n.split()[-1] for n in table if n[1] in 'de')})")
+        picked.update(found)
+    return picked
 
 
 def corpus(sources: list[dict], cache_dir: str, vocab_size: int, size: dict, max_documents: int | None):
@@ -180,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpora", default="embedded,stdlib", help="comma-separated: " + ", ".join(CORPORA))
     parser.add_argument("--steps", type=int, default=None, help="override the size's steps")
     parser.add_argument("--rows", default=None,
-                        help="comma-separated row letters to run (e.g. a,b,c; default: all); (a) always runs")
+                        help="comma-separated rows to run: letters (a,b,c) or one switch's row (d:relu2); default: all. "
+                             "(a) always runs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--max-documents", type=int, default=None, help="documents read per corpus")
