@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"| {name} | {result['val_loss']:.3f} | {result['bpb']:.3f} | "
                           f"{'-' if reach is None else f'{reach:.2f}x'} | "
                           f"{seconds[name] / seconds['(a) baseline']:.2f}x |", flush=True)
+                print("\nvalidation loss every tenth of the run (a small corpus shows where a row overfits):")
+                for name, result in results.items():
+                    print(f"  {name}: " + " ".join(f"{loss:.3f}" for _, loss in result["curve"]), flush=True)
     return 0
 
 
