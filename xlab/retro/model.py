@@ -257,8 +257,7 @@ class RetroModel(RetrievalTraining, LanguageModel):
             apart (gradient_clip_val each), so large early gradients of the untrained retrieval
             path do not shrink the decoder's updates through one global norm.
         learning_rate, weight_decay, betas, warmup_steps, min_lr_ratio, lr_decay_steps: As XLabModel.
-        init_from: RETRO-fitting: start the decoder from a trained one of the same shape, an XLabModel
-            (.ckpt or export folder) of the decoder's kind or a RetroModel .ckpt (`fitting.py`).
+        init_from: RETRO-fitting: start the decoder from a trained one of the same shape (`fitting.py`).
         freeze_decoder: Train only the retrieval parts (null: when init_from is given).
         norm_eps: The decoder norms' epsilon (null: torch's default; init_from: the decoder's).
         compile: torch.compile the forward pass.
