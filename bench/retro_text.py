@@ -54,9 +54,11 @@ FRACTIONS = (("1/8", 1 / 8), ("1/4", 1 / 4), ("1/2", 1 / 2), ("all", 1.0))
 EMBEDDER = {"kind": "hashed", "dim": 256}
 # CPU size: minutes a corpus on one thread. --quick: seconds, for the test that runs it end to end.
 SMALL = replace(Setting(), vocab=1024, max_len=64, chunk_size=16, n_layer=4, n_embd=64, n_head=4, enc_dim=32,
-                steps=300, batch_size=8, warmup=30, val_blocks=96)
-QUICK = replace(SMALL, vocab=512, max_len=16, chunk_size=4, n_layer=2, n_embd=16, n_head=2, enc_dim=8, steps=4,
-                batch_size=2, warmup=1, val_blocks=4)
+                steps=1000, batch_size=16, warmup=50, val_blocks=1024)
+DOCUMENTS = 200  # per corpus by default: the databases (five of them) build in seconds
+QUICK = replace(SMALL, vocab=512, max_len=32, chunk_size=16, n_layer=2, n_embd=16, n_head=2, enc_dim=8, steps=4,
+                batch_size=2, warmup=1, val_blocks=8)
+SPLITS = [0.8, 0.1, 0.05, 0.05]  # train / val / test / predict: test and predict are the never-trained extra text
 
 
 # --- overlap with the database --------------------------------------------------------------------
@@ -161,7 +163,7 @@ def sampling_path_nll(model: RetroModel, database, tokens: np.ndarray, s: Settin
 def data_module(source: dict, s: Setting, cache: str, max_documents: int | None) -> RetroDataModule:
     dm = RetroDataModule(sources=[source], vocab_size=s.vocab, max_len=s.max_len, chunk_size=s.chunk_size, k=s.k,
                          batch_size=s.batch_size, cache_dir=cache, embedder=EMBEDDER, max_documents=max_documents,
-                         split_fractions=[0.9, 0.05, 0.025, 0.025])
+                         split_fractions=SPLITS)
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -281,8 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpora", default="licences", help=f"comma-separated, of {sorted(CORPORA)}")
     parser.add_argument("--steps", type=int, default=None, help=f"training steps (default {SMALL.steps})")
-    parser.add_argument("--quick", action="store_true", help="a tiny model, a few steps, 60 documents: seconds")
-    parser.add_argument("--max-documents", type=int, default=None, help="read at most this many documents")
+    parser.add_argument("--quick", action="store_true", help="a tiny model, a few steps, 40 documents")
+    parser.add_argument("--max-documents", type=int, default=None,
+                        help=f"read at most this many documents (default {DOCUMENTS})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--cache", default=None, help="corpus cache (default: a temporary folder)")
     add_device_option(parser)
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     s = QUICK if args.quick else SMALL
     s = replace(s, steps=args.steps) if args.steps else s
-    max_documents = args.max_documents or (60 if args.quick else None)
+    max_documents = args.max_documents or (40 if args.quick else DOCUMENTS)
     print(f"setting: {asdict(s)}, max_documents {max_documents}, {args.threads} thread(s), "
           f"{time.strftime('%Y-%m-%d')}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
