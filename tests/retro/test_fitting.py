@@ -38,10 +38,12 @@ def decoder(corpus_dir, tmp_path_factory):
 
 
 def decoder_and_retrieval(model: RetroModel) -> tuple[dict, dict]:
+    """Copies of the decoder's weights and of the retrieval parts', by name."""
     mine = {id(p) for p in model.retrieval_parameters()}
-    named = {name: p.detach().clone() for name, p in model.named_parameters()}
-    by_id = {name: id(p) for name, p in model.named_parameters()}
-    return ({n: p for n, p in named.items() if by_id[n] not in mine}, {n: p for n, p in named.items() if by_id[n] in mine})
+    parts = ({}, {})
+    for name, param in model.named_parameters():
+        parts[id(param) in mine][name] = param.detach().clone()
+    return parts
 
 
 def test_fitted_model_starts_as_its_decoder_and_trains_only_retrieval(decoder, corpus_dir, tmp_path):
