@@ -148,3 +148,6 @@ def test_a_decoder_that_does_not_fit_is_one_line_error(decoder, tmp_path):
     torch.save({"state_dict": learned.state_dict(), "hyper_parameters": dict(learned.hparams)}, tmp_path / "gpt2.ckpt")
     fails(r"has positions='learned', a RetroModel's decoder has positions='rotary': train the decoder with model "
           r"positions rotary", init_from=str(tmp_path / "gpt2.ckpt"))
+    torch.save({"state_dict": {}, "xlab_model_class": "xlab.memory.model.MemoryGPT2"}, tmp_path / "memory.ckpt")
+    fails(r"holds a xlab.memory.model.MemoryGPT2: a RetroModel's decoder starts from an XLabModel or a RetroModel",
+          init_from=str(tmp_path / "memory.ckpt"))

@@ -44,7 +44,11 @@ def read_decoder(init_from: str, hp, norm_eps: float | None) -> Decoder:
     """The decoder at `init_from`, checked against the model's settings `hp` and `norm_eps`."""
     path = Path(init_from).expanduser()
     ckpt = read_checkpoint(path) if path.is_file() else None
-    if ckpt is not None and (saved_class_path(ckpt) or "").endswith(".RetroModel"):
+    class_path = (saved_class_path(ckpt) or "xlab.models.XLabModel") if ckpt is not None else ""
+    if ckpt is not None and not class_path.endswith((".XLabModel", ".RetroModel")):
+        raise XLabError(f"init_from {path} holds a {class_path}: a RetroModel's decoder starts from an XLabModel or "
+                        "a RetroModel.")
+    if class_path.endswith(".RetroModel"):
         args = ckpt.get("hyper_parameters") or {}
         state = {name.removeprefix("_orig_mod."): value for name, value in ckpt["state_dict"].items()}
         decoder = Decoder(str(path), {name: args.get(name) for name in SHAPE} | {"norm_eps": args.get("norm_eps")},
