@@ -1,5 +1,6 @@
-"""bench/retro_text.py's pieces: the overlap buckets, the database subsets, the per-bucket scores and
-the sampling-path check (the run itself trains for minutes on the machine's corpora)."""
+"""bench/retro_text.py: the overlap buckets, the database subsets, the per-bucket scores, the
+sampling-path check, and `--quick` end to end on the machine's licence texts (seconds; the
+measured run trains for minutes)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,12 @@ def test_the_sampling_path_scores_as_the_training_path(corpus_dir, tmp_path):
                                                       "neighbours", 2))
     np.testing.assert_allclose(sampled, trained, rtol=1e-4, atol=1e-5)
     assert model.database is None  # the check leaves the model as it found it
+
+
+def test_the_quick_run_prints_every_section_and_target(capsys):
+    bench.main(["--quick"])
+    out = capsys.readouterr().out
+    for line in ("validation: perplexity", "database size:", "fitting: plain decoder", "sampling path:",
+                 "met      sampling path within 1% of the training path: +0.000%"):
+        assert line in out, out
+    assert out.count("all + extra") == 1 and "RETRO-fitted >= half the scratch gain" in out
