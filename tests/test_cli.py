@@ -14,12 +14,12 @@ import yaml
 from tests.helpers import CONF, load_script, tiny, write_dialogue_episodes
 from xlab.cli import main
 
-# finetune-gpt2.yaml, dialogue-gpt2.yaml and finetune.yaml need a pretrained folder
-# (tests/interop/test_finetune.py, tests/dialogue/test_gpt2.py and the README's quick start in
-# tests/test_docs.py run them end to end on one); caption recipes need image data and a caption
-# model (tests/captions/test_recipes.py runs them).
+# finetune-gpt2.yaml, dialogue-gpt2.yaml and finetune.yaml need a pretrained folder, retro-fit.yaml
+# a trained decoder (tests/interop/test_finetune.py, tests/dialogue/test_gpt2.py and the README's
+# quick starts in tests/test_docs.py run them end to end on one); caption recipes need image data
+# and a caption model (tests/captions/test_recipes.py runs them).
 RECIPES = sorted(p.name for p in CONF.glob("*.yaml")
-                 if p.name not in ("finetune-gpt2.yaml", "dialogue-gpt2.yaml", "finetune.yaml")
+                 if p.name not in ("finetune-gpt2.yaml", "dialogue-gpt2.yaml", "finetune.yaml", "retro-fit.yaml")
                  and not p.name.startswith("caption"))
 
 

@@ -27,6 +27,13 @@ def gpt2_folder_(folder) -> str:
     return str(folder)
 
 
+def retro_decoder_(path) -> str:
+    """A .ckpt of an XLabModel of RetroModel's decoder kind, to RETRO-fit."""
+    decoder = XLabModel(**SMALL, positions="rotary", norm="rmsnorm", bias=False)
+    torch.save({"state_dict": decoder.state_dict(), "hyper_parameters": dict(decoder.hparams)}, path)
+    return str(path)
+
+
 def models(tmp_path, **optimizer) -> dict[str, LanguageModel]:
     torch.manual_seed(0)
     return {
@@ -36,6 +43,8 @@ def models(tmp_path, **optimizer) -> dict[str, LanguageModel]:
         "retro": RetroModel(**SMALL, chunk_size=4, enc_dim=16, enc_depth=1, **optimizer),
         "caption": CaptionModel(**{**SMALL, "max_len": 40}, image_size=16, prefix_grid=2, conv_channels=8, **optimizer),
         "from hf": XLabModel(**SMALL, init_from=gpt2_folder_(tmp_path / "gpt2"), **optimizer),
+        "retro fitted": RetroModel(**SMALL, chunk_size=4, enc_dim=16, enc_depth=1, **optimizer,
+                                   init_from=retro_decoder_(tmp_path / "decoder.ckpt")),  # a frozen decoder
     }
 
 

@@ -73,7 +73,7 @@ def test_data_module_uses_the_pretrained_tokenizer(gpt2, corpus_dir, tmp_path):
     assert trained.cache_folder != data.cache_folder and trained.added_tokens == 0
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama-gqa", "export"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama-gqa", "export", "checkpoint"])
 def test_init_from_gives_the_folders_logits(kind, gpt2, tmp_path):
     from xlab.interop.export import SPM_TOKENIZER, write_export_
 
@@ -83,19 +83,24 @@ def test_init_from_gives_the_folders_logits(kind, gpt2, tmp_path):
     elif kind.startswith("llama"):
         folder = tmp_path / kind
         hf, vocab = llama_folder_(folder, num_attention_heads=4, num_key_value_heads=2 if kind == "llama-gqa" else 4), 64
-    else:
-        folder, vocab = tmp_path / "export", 64
+    else:  # an XLab export, or a checkpoint (.ckpt) as a Trainer saves it: weights and hyperparameters
+        folder, vocab = tmp_path / kind, 64
         source = XLabModel(vocab_size=vocab, max_len=32, n_layer=1, n_head=2, n_embd=16, positions="rotary",
                            norm="rmsnorm", activation="swiglu", bias=False)
-        write_export_(folder, source, {SPM_TOKENIZER: b""}, "sentencepiece", {})
+        if kind == "export":
+            write_export_(folder, source, {SPM_TOKENIZER: b""}, "sentencepiece", {})
+        else:
+            folder = tmp_path / "source.ckpt"
+            torch.save({"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}, folder)
     model = XLabModel(vocab_size=vocab, max_len=24, init_from=str(folder)).eval()
     tokens = torch.randint(0, vocab, (2, 24), generator=torch.Generator().manual_seed(0))
-    reference = source(tokens) if kind == "export" else hf(tokens).logits
+    reference = hf(tokens).logits if kind.startswith(("gpt2", "llama")) else source(tokens)
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), reference, atol=1e-5, rtol=1e-5)
-    assert model.hparams.init_from is None and model.hparams.n_layer == (1 if kind == "export" else 2)
+    own = kind in ("export", "checkpoint")
+    assert model.hparams.init_from is None and model.hparams.n_layer == (1 if own else 2)
     assert model.hparams.n_kv_head == (2 if kind == "llama-gqa" else None)
-    if kind != "export":  # the KV cache holds the folder's key/value heads, and decoding agrees
+    if not own:  # the KV cache holds the folder's key/value heads, and decoding agrees
         prompt = tokens[0, :4]
         mine = inference.sample(model, prompt, output_length=8, temperature=0).tolist()
         theirs = hf.generate(prompt[None], attention_mask=torch.ones(1, 4, dtype=torch.long), do_sample=False,

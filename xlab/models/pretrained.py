@@ -1,4 +1,5 @@
-"""Starting weights for XLabModel (`init_from`): an XLab export, or a Hugging Face GPT-2 / Llama / Qwen3 / Arcee folder.
+"""Starting weights for XLabModel (`init_from`): an XLab export or checkpoint, or a Hugging Face GPT-2 / Llama /
+Qwen3 / Arcee folder.
 
 The folder decides the architecture. A setting given to the model that differs both from the
 folder and from the model's default contradicts the folder and is refused; a setting left at
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from xlab.common.checkpoint import read_checkpoint, saved_class_path
 from xlab.common.errors import XLabError
 from xlab.common.export_format import WEIGHTS, is_export, read_export_config, read_safetensors
 from xlab.models.hf_weights import (LLAMA_FAMILY, read_hf_config, read_hf_weights, xlab_settings_from_hf,
@@ -33,39 +35,48 @@ ARCHITECTURE = ("n_layer", "n_head", "n_embd", "ffn_dim", "positions", "rope_bas
 @dataclass
 class StartingPoint:
     source: str  # the folder, for messages
-    kind: str  # "XLab export", "GPT-2", "Llama", "Qwen3" or "Arcee"
+    kind: str  # "XLab export", "XLab checkpoint", "GPT-2", "Llama", "Qwen3" or "Arcee"
     settings: dict  # ARCHITECTURE values plus vocab_size and max_len
     state: dict  # weights under XLabModel's names, lm_head.weight included
 
 
 def read_starting_point(path: str | Path, cls: type) -> StartingPoint:
     folder = Path(path).expanduser()
+    if folder.is_file():
+        return checkpoint_start(read_checkpoint(folder), folder, cls)
     if not folder.is_dir():
-        raise XLabError(f"init_from {folder} is not a folder: give an XLab export or a Hugging Face save_pretrained folder.")
+        raise XLabError(f"init_from {folder} does not exist: give an XLab export or checkpoint (.ckpt), or a Hugging "
+                        "Face save_pretrained folder.")
     if not is_export(folder):
         config = read_hf_config(folder)
         settings = xlab_settings_from_hf(config, str(folder))
         state = xlab_state_from_hf(config, read_hf_weights(folder), settings["tie_weights"])
         kind = "GPT-2" if config["model_type"] == "gpt2" else LLAMA_FAMILY[config["model_type"]]["name"]
         return StartingPoint(str(folder), kind, settings, state)
-    return _read_export(folder, cls)
-
-
-def _read_export(folder: Path, cls: type) -> StartingPoint:
     config = read_export_config(folder)
-    class_path = config["model"]["class_path"]
-    if not class_path.endswith(".XLabModel"):
-        raise XLabError(f"init_from {folder} holds a {class_path}: only XLabModel exports can start an XLabModel.")
-    args = config["model"]["init_args"]
     state = read_safetensors(folder / WEIGHTS)
     for alias, name in config.get("tied", {}).items():
         state[alias] = state[name]
-    defaults = _defaults(cls)  # settings an older export did not record
+    return _xlab_start(folder, "XLab export", config["model"]["class_path"], config["model"]["init_args"], state, cls)
+
+
+def checkpoint_start(ckpt: dict, path: Path, cls: type) -> StartingPoint:
+    """The starting point in a checkpoint already read (`read_checkpoint`)."""
+    # Compiled runs of old saved their weights under the compiled module's prefix.
+    state = {name.removeprefix("_orig_mod."): value for name, value in ckpt["state_dict"].items()}
+    class_path = saved_class_path(ckpt) or "xlab.models.XLabModel"  # built in Python before classes were recorded
+    return _xlab_start(path, "XLab checkpoint", class_path, ckpt.get("hyper_parameters") or {}, state, cls)
+
+
+def _xlab_start(source: Path, kind: str, class_path: str, args: dict, state: dict, cls: type) -> StartingPoint:
+    if not class_path.endswith(".XLabModel"):
+        raise XLabError(f"init_from {source} holds a {class_path}: only XLabModel weights can start an XLabModel.")
+    defaults = _defaults(cls)  # settings an older export or checkpoint did not record
     settings = {name: args.get(name, defaults[name]) for name in ARCHITECTURE}
     settings.update(vocab_size=args["vocab_size"], max_len=args["max_len"])
     if settings["tie_weights"]:
         state["lm_head.weight"] = state["transformer.wte.weight"]
-    return StartingPoint(str(folder), "XLab export", settings, state)
+    return StartingPoint(str(source), kind, settings, state)
 
 
 def _defaults(cls: type) -> dict:

@@ -56,8 +56,8 @@ class XLabModel(LanguageModel):
             warmup, then cosine (or the trapezoid's flat top and linear cooldown) down to
             min_lr_ratio * the peak at lr_decay_steps (default: the run's total steps).
         compile: Run the forward pass through torch.compile.
-        init_from: Start from pretrained weights: an XLab export folder or a local Hugging Face
-            GPT-2 or Llama folder (save_pretrained). The architecture is read from the folder;
+        init_from: Start from pretrained weights: an XLab export folder or checkpoint (.ckpt), or a
+            local Hugging Face GPT-2 or Llama folder (save_pretrained). The architecture is read from the folder;
             settings above that contradict it are an error. max_len may be shorter than the
             folder's. The data's tokenizer must be the folder's (data tokenizer_path); the
             special tokens the data adds grow the embedding (new rows: the mean of the others).

@@ -36,6 +36,7 @@ from xlab.models.blocks import (MLP, CausalSelfAttention, KVCache, Rotary, atten
                                 position_ids)
 from xlab.models.lm import LanguageModel
 from xlab.retro.database import RetrievalDatabase
+from xlab.retro.fitting import fit_decoder_, read_decoder
 from xlab.retro.training import RetrievalTraining
 
 
@@ -97,13 +98,13 @@ class DecoderLayer(nn.Module):
     """Pre-norm self-attention, chunked cross-attention to the neighbours (CCA layers only), MLP."""
 
     def __init__(self, dim: int, enc_dim: int, n_head: int, dropout: float, rotary: Rotary, cross: bool,
-                 chunk_size: int):
+                 chunk_size: int, norm_eps: float | None = None):
         super().__init__()
         self.chunk_size = chunk_size
-        self.ln_1, self.ln_2 = nn.RMSNorm(dim), nn.RMSNorm(dim)
+        self.ln_1, self.ln_2 = nn.RMSNorm(dim, eps=norm_eps), nn.RMSNorm(dim, eps=norm_eps)
         self.attn = CausalSelfAttention(dim, n_head, dropout, bias=False, rotary=rotary)
         self.mlp = MLP(dim, 4 * dim, "gelu", dropout, bias=False)
-        self.ln_cca = nn.RMSNorm(dim) if cross else None
+        self.ln_cca = nn.RMSNorm(dim, eps=norm_eps) if cross else None
         self.cca = CrossAttention(dim, enc_dim, n_head, dropout, rotary, 2 * chunk_size) if cross else None
 
     def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None, cache: KVCache | None, index: int,
@@ -256,6 +257,9 @@ class RetroModel(RetrievalTraining, LanguageModel):
             apart (gradient_clip_val each), so large early gradients of the untrained retrieval
             path do not shrink the decoder's updates through one global norm.
         learning_rate, weight_decay, betas, warmup_steps, min_lr_ratio, lr_decay_steps: As XLabModel.
+        init_from: RETRO-fitting: start the decoder from a trained one of the same shape (`fitting.py`).
+        freeze_decoder: Train only the retrieval parts (null: when init_from is given).
+        norm_eps: The decoder norms' epsilon (null: torch's default; init_from: the decoder's).
         compile: torch.compile the forward pass.
     """
 
@@ -274,10 +278,15 @@ class RetroModel(RetrievalTraining, LanguageModel):
         cca_zero_init: bool = False,
         retrieval_lr_scale: float = 1.0,
         clip_retrieval_apart: bool = False,
+        init_from: str | None = None,
+        freeze_decoder: bool | None = None,
+        norm_eps: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         vocab_size, max_len = self.hparams.vocab_size, self.hparams.max_len
+        decoder = read_decoder(init_from, self.hparams, norm_eps) if init_from is not None else None
+        norm_eps = decoder.settings["norm_eps"] if decoder is not None else norm_eps
         for name, dim in (("n_embd", n_embd), ("enc_dim", enc_dim)):
             if dim % n_head or (dim // n_head) % 2:
                 raise XLabError(f"model {name}={dim} must split into n_head={n_head} heads of even size (rotary).")
@@ -298,9 +307,9 @@ class RetroModel(RetrievalTraining, LanguageModel):
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList(DecoderLayer(n_embd, enc_dim, n_head, dropout, rotary, l in self.cross_layers,
-                                                 chunk_size)
+                                                 chunk_size, norm_eps)
                                     for l in range(n_layer))
-        self.ln_f = nn.RMSNorm(n_embd)
+        self.ln_f = nn.RMSNorm(n_embd, eps=norm_eps)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
         # The encoder shares the token embedding (as in the paper), projected to its own width.
@@ -311,6 +320,7 @@ class RetroModel(RetrievalTraining, LanguageModel):
         if cca_zero_init:
             for l in self.cross_layers:
                 nn.init.zeros_(self.layers[l].cca.c_proj.weight)
+        fit_decoder_(self, decoder, freeze_decoder)
         self.database = None  # set_database: for generation-time retrieval
         self.training_database = None  # the data module's, while a Trainer runs (`use_resource`)
         self.database_identity: dict | None = None  # of the database trained with (from the checkpoint)
