@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = {"compile": compiled, "first_step": run.first_step, "wall": run.wall, "peak_rss": run.peak_rss,
                       "tokens_per_s": run.tokens_per_s(args.skip, args.batch_size * args.context),
                       "val_loss": nll / tokens, "bpb": nll / float(blocks["num_bytes"].sum()) / math.log(2)}
+        print(f"{name}: " + ", ".join(f"{key} {value:.4g}" for key, value in rows[name].items()), flush=True)
     report(rows, args)
     (work / "results.json").write_text(json.dumps(rows, indent=1))
     print(f"\nlogs and results.json in {work}")
