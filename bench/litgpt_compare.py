@@ -232,7 +232,7 @@ def report(rows: dict[str, dict], args) -> None:
           f"{args.context}, vocab {args.vocab_size}, batch {args.batch_size}, {args.steps} steps (warmup "
           f"{args.warmup}), fp32, {args.threads} thread(s), corpus {args.corpus}; tokens/s from step "
           f"{args.skip} to the last")
-    print("\n| run | compile | first step s | steady tok/s | wall s | peak RSS MB | val loss | bpb |\n"
+    print("\n| run | compile | first step s | steady tok/s | wall s | peak RSS MiB | val loss | bpb |\n"
           "|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         print(f"| {name} | {row['compile']} | {row['first_step']:.1f} | {row['tokens_per_s']:,.0f} | "
