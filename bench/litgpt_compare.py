@@ -45,6 +45,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout, no install needed
 
+from bench.device import accelerator, add_device_option, require_device  # noqa: E402
 from bench.venvs import ensure_venv, venv_folder  # noqa: E402
 from xlab.common.tokenizer import IGNORE_INDEX  # noqa: E402
 from xlab.datamodules import XLabDataModule  # noqa: E402
@@ -75,7 +76,7 @@ def xlab_config(args, work: Path, name: str, compile: bool) -> dict:
     """Settings over conf/defaults.yaml: one validation at the end, a line per step, XLab's
     defaults (TensorBoard every 10 steps, best and last checkpoints) otherwise."""
     return {
-        "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "max_steps": args.steps,
+        "trainer": {"accelerator": accelerator(args.device), "devices": 1, "precision": "32-true", "max_steps": args.steps,
                     "val_check_interval": args.steps, "limit_val_batches": args.val_batches,
                     "gradient_clip_val": 1.0, "enable_progress_bar": False,
                     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -266,7 +267,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=None, help="XLab's data cache (default: $XLAB_CACHE)")
     parser.add_argument("--work-dir", type=Path, default=None, help="runs and logs (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true", help="a tiny model for a few steps: checks the wiring")
+    add_device_option(parser, "where both frameworks train")
     args = parser.parse_args(argv)
+    require_device(args.device)
     if args.quick:
         args.steps, args.layers, args.width, args.heads, args.context = 12, 1, 64, 2, 64
         args.vocab_size, args.batch_size, args.warmup, args.val_batches = 1024, 4, 4, 1
@@ -302,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.save(blocks, work / "blocks.pt")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+    if args.device == "cpu":  # litgpt takes a GPU whenever it sees one
+        env["CUDA_VISIBLE_DEVICES"] = ""
     (work / "litgpt.yaml").write_text(yaml.safe_dump(litgpt_config(args, work, vocab)))
     rows: dict[str, dict] = {}
     plans = [("xlab", False), ("litgpt", True), ("xlab-compiled", True)]
