@@ -16,8 +16,9 @@ weight (XLab: matrices only); its blocks are drawn by litdata's shuffle, XLab's 
 
 Measured from outside each process: launch to the first optimizer step, steady tokens/s (between
 the end of warmup and the last step, from the time each step's line reaches the pipe), the whole
-run's wall time and the peak resident memory of its process tree (polled from /proc every 50 ms). Validation loss and bits per
-byte are computed here for both, on the same XLab validation blocks with the same loss call.
+run's wall time and the peak resident memory of its process tree (polled from /proc every 50 ms).
+Validation loss and bits per byte are computed here for both, on the same XLab validation blocks
+with the same loss call.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout, no install needed
 
 from bench.device import accelerator, add_device_option, require_device  # noqa: E402
 from bench.venvs import ensure_venv, venv_folder  # noqa: E402
+from xlab.common.errors import XLabError  # noqa: E402
 from xlab.common.tokenizer import IGNORE_INDEX  # noqa: E402
 from xlab.datamodules import XLabDataModule  # noqa: E402
 from xlab.models import XLabModel  # noqa: E402
@@ -76,7 +78,8 @@ def xlab_config(args, work: Path, name: str, compile: bool) -> dict:
     """Settings over conf/defaults.yaml: one validation at the end, a line per step, XLab's
     defaults (TensorBoard every 10 steps, best and last checkpoints) otherwise."""
     return {
-        "trainer": {"accelerator": accelerator(args.device), "devices": 1, "precision": "32-true", "max_steps": args.steps,
+        "trainer": {"accelerator": accelerator(args.device), "devices": 1, "precision": "32-true",
+                    "max_steps": args.steps,
                     "val_check_interval": args.steps, "limit_val_batches": args.val_batches,
                     "gradient_clip_val": 1.0, "enable_progress_bar": False,
                     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -292,15 +295,21 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work / "litgpt-out", ignore_errors=True)
     data = XLabDataModule(sources=[{"kind": args.corpus}], cache_dir=str(args.cache_dir), vocab_size=args.vocab_size,
                           max_len=args.context, batch_size=args.batch_size)
-    data.setup("fit")
+    try:
+        data.setup("fit")
+    except XLabError as error:  # e.g. no licence texts on this machine: say so, and which corpus to use
+        raise SystemExit(f"{error} (--corpus embedded uses the docs packed with XLab)") from None
     vocab = data.vocab_size
     (work / "tokenizer").mkdir(exist_ok=True)
     shutil.copy(data.cache_folder / "tokenizer.model", work / "tokenizer" / "tokenizer.model")
     for split in ("train", "val"):  # litgpt's copy of XLab's token streams, rebuilt every run (seconds)
         shutil.rmtree(work / "litdata" / split, ignore_errors=True)
         np.save(work / f"{split}.npy", np.asarray(data.block_tokens(split)))
-        subprocess.run([str(python), str(SIDE), "prepare", str(work / f"{split}.npy"), str(work / "litdata" / split),
-                        str(args.context + 1)], check=True, capture_output=True)
+        done = subprocess.run([str(python), str(SIDE), "prepare", str(work / f"{split}.npy"),
+                               str(work / "litdata" / split), str(args.context + 1)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"writing the {split} tokens for litgpt failed: "
+                             f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
     blocks = score_blocks(data, args.val_batches * args.batch_size)
     torch.save(blocks, work / "blocks.pt")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
@@ -334,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def score_litgpt(python: Path, work: Path) -> float:
-    done = subprocess.run([str(python), str(SIDE), "score", str(work / "litgpt-out" / "final"), str(work / "blocks.pt")],
-                          capture_output=True, text=True)
+    command = [str(python), str(SIDE), "score", str(work / "litgpt-out" / "final"), str(work / "blocks.pt")]
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"scoring litgpt's checkpoint failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])["nll_sum"]
