@@ -9,7 +9,7 @@ before (recomputing it made a CPU step measurably slower) but not the logits, wh
 does not read and which are freed after the forward; backward writes each block's gradient into
 one buffer, a few hundred rows at a time, instead of a logits-sized one-hot gradient and a copy.
 On a CPU at batch 16 x 256 and an 8k vocabulary (131 MB of logits) that took the peak resident
-memory of a process training a 4 x 256 XLabModel from 1,464 and 1,555 MB to 1,305 and 1,329 MB
+memory of a process training a 4 x 256 XLabModel from 1,464 and 1,555 MiB to 1,305 and 1,329 MiB
 (two runs each).
 
 The result is bit for bit the old one, on purpose: per row the same aten kernels run on the same
