@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# gpu_check.py needs a GPU by design (tests/test_gpu_check.py); device.py and peaks.py are helpers.
-BENCHES = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in {"gpu_check", "device", "peaks", "__init__"})
+# gpu_check.py needs a GPU by design (tests/test_gpu_check.py); device.py, peaks.py, venvs.py and
+# litgpt_side.py (litgpt_compare.py's other half, run in litgpt's environment) are helpers.
+HELPERS = {"gpu_check", "device", "peaks", "venvs", "litgpt_side", "__init__"}
+BENCHES = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in HELPERS)
 
 
 def test_every_bench_is_covered():
     assert {"caption", "dialogue", "memory", "memory_text", "memory_recall", "finetune", "architectures",
-            "retro_ablation", "retrieval", "sampling", "train_throughput", "xlabml_compare", "recipe"} <= set(BENCHES)
+            "retro_ablation", "retrieval", "sampling", "train_throughput", "xlabml_compare", "recipe",
+            "litgpt_compare"} <= set(BENCHES)
 
 
 @pytest.mark.parametrize("bench", BENCHES)

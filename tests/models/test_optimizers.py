@@ -142,3 +142,10 @@ def test_a_muon_run_with_a_trapezoid_resumes_exactly(tmp_path):
     fit(second := XLabModel(**settings), tmp_path / "second", 5, ckpt_path=tmp_path / "three.ckpt")
     for a, b in zip(whole.parameters(), second.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_adamw_is_fused_on_a_cpu_in_full_precision():
+    """The fused kernels, measured faster on a CPU (lm.py); a bf16-mixed run keeps foreach kernels,
+    which tests/test_precision.py trains with gradient clipping."""
+    model = XLabModel(vocab_size=48, max_len=16, n_layer=1, n_head=2, n_embd=32, lr_decay_steps=10)
+    assert model.configure_optimizers()["optimizer"].defaults["fused"] is True

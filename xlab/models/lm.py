@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -269,7 +270,12 @@ class LanguageModel(L.LightningModule):
         if hp.get("optimizer", "adamw") == "muon" and sharded:
             raise XLabError("model optimizer=muon cannot run under FSDP, whose sharded parameters are not the 2-D "
                             "matrices Muon needs: use optimizer adamw, or strategy ddp.")
-        fused = self.device.type == "cuda"
+        # Fused AdamW exists for CPUs too: one kernel per parameter instead of a chain of foreach ops.
+        # On a 2-core CPU it took the step of a 5.2M-parameter model from ~100 to ~35 ms. Lightning
+        # refuses gradient clipping with a fused optimizer under mixed precision (which unscales
+        # gradients itself): a CPU run in bf16-mixed keeps the foreach kernels.
+        mixed = self._trainer is not None and isinstance(self._trainer.precision_plugin, MixedPrecision)
+        fused = self.device.type == "cuda" or (self.device.type == "cpu" and not mixed)
         optimizer = build_optimizer(self.parameter_groups(hp.weight_decay), tuple(hp.betas),
                                     hp.get("muon_momentum", 0.95), fused)
         schedule = make_schedule(hp.get("lr_schedule", "cosine"), hp.warmup_steps, self._schedule_horizon(),
