@@ -59,6 +59,10 @@ def test_recipe_end_to_end(recipe, tmp_path, corpus_dir, capsys):
     if "chunk_size" in yaml.safe_load((CONF / recipe).read_text())["model"]["init_args"]:  # RETRO: chunks fit max_len 16
         args += ["--model.init_args.chunk_size", "4", "--data.init_args.chunk_size", "4",
                  "--model.init_args.dec_cross_attn_layers", "null"]  # the one layer of the tiny model
+    if "eval_batch_size" in yaml.safe_load((CONF / recipe).read_text())["data"]["init_args"]:
+        # memory.yaml's 8 test streams need 8 x 17 tokens; the tiny test split has ~130, give or take a
+        # few between tokenizer builds: 4 streams leave room.
+        args += ["--data.init_args.eval_batch_size", "4"]
     if "episodes" in yaml.safe_load((CONF / recipe).read_text())["data"]["init_args"]:  # dialogue: an episode file
         args += ["--data.init_args.episodes", json.dumps([str(write_dialogue_episodes(tmp_path / "talks.jsonl"))])]
     cli = main(["fit", *args])
