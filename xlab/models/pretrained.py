@@ -62,10 +62,20 @@ def read_starting_point(path: str | Path, cls: type) -> StartingPoint:
 
 def checkpoint_start(ckpt: dict, path: Path, cls: type) -> StartingPoint:
     """The starting point in a checkpoint already read (`read_checkpoint`)."""
-    # Compiled runs of old saved their weights under the compiled module's prefix.
-    state = {name.removeprefix("_orig_mod."): value for name, value in ckpt["state_dict"].items()}
-    class_path = saved_class_path(ckpt) or "xlab.models.XLabModel"  # built in Python before classes were recorded
-    return _xlab_start(path, "XLab checkpoint", class_path, ckpt.get("hyper_parameters") or {}, state, cls)
+    return _xlab_start(path, "XLab checkpoint", checkpoint_class_path(ckpt), ckpt.get("hyper_parameters") or {},
+                       checkpoint_weights(ckpt), cls)
+
+
+def checkpoint_class_path(ckpt: dict) -> str:
+    """The model class a checkpoint was saved from; XLabModel for one built in Python before
+    classes were recorded."""
+    return saved_class_path(ckpt) or "xlab.models.XLabModel"
+
+
+def checkpoint_weights(ckpt: dict) -> dict:
+    """A checkpoint's weights under the model's own names: compiled runs of old saved them under
+    the compiled module's prefix."""
+    return {name.removeprefix("_orig_mod."): value for name, value in ckpt["state_dict"].items()}
 
 
 def _xlab_start(source: Path, kind: str, class_path: str, args: dict, state: dict, cls: type) -> StartingPoint:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from xlab.common.checkpoint import read_checkpoint, saved_class_path
+from xlab.common.checkpoint import read_checkpoint
 from xlab.common.errors import XLabError
-from xlab.models.pretrained import StartingPoint, checkpoint_start, read_starting_point
+from xlab.models.pretrained import (StartingPoint, checkpoint_class_path, checkpoint_start, checkpoint_weights,
+                                    read_starting_point)
 from xlab.models.xlab_model import XLabModel
 
 SHAPE = ("n_layer", "n_head", "n_embd", "rope_base", "vocab_size")
@@ -44,15 +45,15 @@ def read_decoder(init_from: str, hp, norm_eps: float | None) -> Decoder:
     """The decoder at `init_from`, checked against the model's settings `hp` and `norm_eps`."""
     path = Path(init_from).expanduser()
     ckpt = read_checkpoint(path) if path.is_file() else None
-    class_path = (saved_class_path(ckpt) or "xlab.models.XLabModel") if ckpt is not None else ""
+    class_path = checkpoint_class_path(ckpt) if ckpt is not None else ""
     if ckpt is not None and not class_path.endswith((".XLabModel", ".RetroModel")):
         raise XLabError(f"init_from {path} holds a {class_path}: a RetroModel's decoder starts from an XLabModel or "
                         "a RetroModel.")
     if class_path.endswith(".RetroModel"):
         args = ckpt.get("hyper_parameters") or {}
-        state = {name.removeprefix("_orig_mod."): value for name, value in ckpt["state_dict"].items()}
         decoder = Decoder(str(path), {name: args.get(name) for name in SHAPE} | {"norm_eps": args.get("norm_eps")},
-                          {name: value for name, value in state.items() if not RETRIEVAL_NAME.match(name)})
+                          {name: value for name, value in checkpoint_weights(ckpt).items()
+                           if not RETRIEVAL_NAME.match(name)})
     else:
         start = checkpoint_start(ckpt, path, XLabModel) if ckpt is not None else _read_folder(path)
         decoder = _from_xlab(start)
